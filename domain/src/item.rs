@@ -1,0 +1,132 @@
+//! The codec between a [`Book`] and its DynamoDB item.
+//!
+//! The item is `{"name": S, "authors": L of S, "publishedYear": N}`. Reading also accepts
+//! `authors` as a string set (SS), which other writers of the table may use; note that a set
+//! does not keep order.
+
+use serde_dynamo::{AttributeValue, Item};
+
+use crate::book::{Book, BookName, InvalidBook};
+
+/// The name of the table's partition key attribute.
+pub const KEY_ATTRIBUTE: &str = "name";
+
+/// Why an item is not a book.
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    /// The item's attributes do not have the shape of a book, or hold invalid values.
+    #[error("the item is not a valid book: {0}")]
+    Malformed(#[from] serde_dynamo::Error),
+    /// The key is missing or is not a string.
+    #[error("the item has no string attribute `{KEY_ATTRIBUTE}`")]
+    MissingKey,
+    /// The key is there but is not a valid book name.
+    #[error("the item's key is not a valid book name: {0}")]
+    InvalidKey(#[from] InvalidBook),
+}
+
+/// Encodes a book as its item.
+pub fn to_item(book: &Book) -> Item {
+    let authors = book
+        .authors
+        .names()
+        .map(|author| AttributeValue::S(author.to_owned()))
+        .collect();
+    let mut item = Item::default();
+    item.insert(
+        KEY_ATTRIBUTE.to_owned(),
+        AttributeValue::S(book.name.as_str().to_owned()),
+    );
+    item.insert("authors".to_owned(), AttributeValue::L(authors));
+    item.insert(
+        "publishedYear".to_owned(),
+        AttributeValue::N(book.published_year.get().to_string()),
+    );
+    item
+}
+
+/// Decodes an item into a book, holding it to the same rules as client input.
+pub fn from_item(item: Item) -> Result<Book, ItemError> {
+    Ok(serde_dynamo::from_item(item)?)
+}
+
+/// The key of a book's item: `{"name": S}`.
+pub fn key(name: &BookName) -> Item {
+    let mut item = Item::default();
+    item.insert(
+        KEY_ATTRIBUTE.to_owned(),
+        AttributeValue::S(name.as_str().to_owned()),
+    );
+    item
+}
+
+/// Reads the book name from a key (or a whole item).
+pub fn name_from_key(key: &Item) -> Result<BookName, ItemError> {
+    match key.get(KEY_ATTRIBUTE) {
+        Some(AttributeValue::S(name)) => Ok(BookName::parse(name)?),
+        _ => Err(ItemError::MissingKey),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::{Authors, PublishedYear};
+
+    fn dune() -> Book {
+        Book {
+            name: BookName::parse("Dune").unwrap(),
+            authors: Authors::parse(&["Frank Herbert", "Brian Herbert"]).unwrap(),
+            published_year: PublishedYear::parse(1965).unwrap(),
+        }
+    }
+
+    #[test]
+    fn encodes_the_documented_shape() {
+        let json = serde_json::to_value(to_item(&dune())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": {"S": "Dune"},
+                "authors": {"L": [{"S": "Frank Herbert"}, {"S": "Brian Herbert"}]},
+                "publishedYear": {"N": "1965"}
+            })
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        assert_eq!(from_item(to_item(&dune())).unwrap(), dune());
+        assert_eq!(name_from_key(&key(&dune().name)).unwrap(), dune().name);
+    }
+
+    #[test]
+    fn accepts_authors_as_a_string_set() {
+        let item: Item = serde_json::from_value(serde_json::json!({
+            "name": {"S": "Dune"},
+            "authors": {"SS": ["Frank Herbert"]},
+            "publishedYear": {"N": "1965"}
+        }))
+        .unwrap();
+        let book = from_item(item).unwrap();
+        assert_eq!(book.authors.names().collect::<Vec<_>>(), ["Frank Herbert"]);
+    }
+
+    #[test]
+    fn rejects_items_that_are_not_books() {
+        for bad in [
+            serde_json::json!({"name": {"S": "Dune"}}),
+            serde_json::json!({"name": {"S": "Dune"}, "authors": {"L": []}, "publishedYear": {"N": "1965"}}),
+            serde_json::json!({"name": {"S": "Dune"}, "authors": {"S": "x"}, "publishedYear": {"N": "1965"}}),
+            serde_json::json!({"name": {"N": "1"}, "authors": {"L": [{"S": "x"}]}, "publishedYear": {"N": "1965"}}),
+            serde_json::json!({"name": {"S": "Dune"}, "authors": {"L": [{"S": "x"}]}, "publishedYear": {"N": "1e9"}}),
+        ] {
+            let item: Item = serde_json::from_value(bad.clone()).unwrap();
+            assert!(from_item(item).is_err(), "{bad} decoded");
+        }
+        assert!(matches!(
+            name_from_key(&Item::default()),
+            Err(ItemError::MissingKey)
+        ));
+    }
+}

@@ -1,0 +1,23 @@
+//! The port events leave through.
+
+use async_trait::async_trait;
+
+use crate::mapping::OutboxEvent;
+
+/// Publishes events to an event bus, in order.
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Publishes `events`. On failure, names the first event that may not have been
+    /// published; every event before it was.
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError>;
+}
+
+/// Some events were not published.
+#[derive(Debug, thiserror::Error)]
+#[error("event {first_failed} and later were not published: {reason}")]
+pub struct PublishError {
+    /// The index of the first event that was not published.
+    pub first_failed: usize,
+    /// Why, for the log.
+    pub reason: String,
+}

@@ -1,1 +1,21 @@
+//! The GraphQL API of outboxdemo: a schema library with no storage in it, and one axum router.
+//!
+//! - [`store`]: the ports the API reaches storage through: [`BookStore`] (books) and
+//!   [`ActivityFeed`] (what consumers recorded). The embedded store and the DynamoDB adapters
+//!   implement them.
+//! - [`schema`]: queries and mutations; build it with [`build_schema`].
+//! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
+//!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
+//! - [`router`]: the axum router: GraphiQL at `/`, GraphQL at `/graphql`, `/health`.
+//!
+//! A mutation writes to the [`BookStore`] and returns: nothing here publishes events.
 
+pub mod error;
+pub mod router;
+pub mod schema;
+pub mod store;
+
+pub use error::{ApiError, ErrorCodes};
+pub use router::router;
+pub use schema::{ApiSchema, build_schema, sdl};
+pub use store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};

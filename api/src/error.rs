@@ -1,0 +1,165 @@
+//! The API's errors and their stable `extensions.code`s.
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
+};
+use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::{
+    ErrorExtensions, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
+use domain::InvalidBook;
+
+use crate::store::StoreError;
+
+/// What a resolver tells a client went wrong. Every variant has a stable `code`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The input is not acceptable; `field` names the argument or input field.
+    #[error("{message}")]
+    BadUserInput {
+        /// The path of the offending argument, e.g. `input.authors`.
+        field: String,
+        /// What is wrong, in words the client can act on.
+        message: String,
+    },
+    /// The change contradicts what is stored (e.g. the book exists already).
+    #[error("{0}")]
+    Conflict(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something failed on our side; the cause was logged and is not shown.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The stable `extensions.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadUserInput { .. } => "BAD_USER_INPUT",
+            Self::Conflict(_) => "CONFLICT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Bad input in the argument or input field at `field`.
+    pub fn bad_input(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadUserInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An invalid book part, reported under `prefix` (e.g. `input`).
+    pub fn invalid_book(prefix: &str, error: InvalidBook) -> Self {
+        let field = if prefix.is_empty() {
+            error.field.as_str().to_owned()
+        } else {
+            format!("{prefix}.{}", error.field)
+        };
+        Self::bad_input(field, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(_) => Self::Conflict(error.to_string()),
+            StoreError::NotFound(_) => Self::NotFound(error.to_string()),
+            StoreError::InvalidPosition => Self::bad_input("after", "invalid cursor"),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "storage failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        async_graphql::Error::new(self.to_string()).extend_with(|_, extensions| {
+            extensions.set("code", self.code());
+            if let Self::BadUserInput { field, .. } = self {
+                extensions.set("field", field.as_str());
+            }
+        })
+    }
+}
+
+/// Runs a resolver body and turns its [`ApiError`] into a GraphQL error with its code.
+///
+/// (`?` straight into `async_graphql::Error` would go through its blanket `From<Display>`
+/// and lose the code, so resolvers go through here.)
+pub(crate) async fn resolve<T>(
+    body: impl Future<Output = Result<T, ApiError>>,
+) -> async_graphql::Result<T> {
+    body.await.map_err(|e| e.extend())
+}
+
+/// A schema extension that gives every error a `code`, not only the resolvers' own:
+/// `GRAPHQL_PARSE_FAILED` for a document that does not parse, `GRAPHQL_VALIDATION_FAILED` for
+/// one that does not fit the schema, and `BAD_USER_INPUT` for an argument that async-graphql
+/// could not coerce at execution.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorCodes;
+
+impl ExtensionFactory for ErrorCodes {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ErrorCodes)
+    }
+}
+
+fn with_default_code(mut error: ServerError, code: &'static str) -> ServerError {
+    let extensions = error.extensions.get_or_insert_with(Default::default);
+    if extensions.get("code").is_none() {
+        extensions.set("code", Value::from(code));
+    }
+    error
+}
+
+#[async_trait::async_trait]
+impl Extension for ErrorCodes {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        next.run(ctx, query, variables)
+            .await
+            .map_err(|e| with_default_code(e, "GRAPHQL_PARSE_FAILED"))
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx).await.map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| with_default_code(e, "GRAPHQL_VALIDATION_FAILED"))
+                .collect()
+        })
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let mut response = next.run(ctx, operation_name).await;
+        // Resolvers always set a code, so an error without one comes from coercing input.
+        response.errors = std::mem::take(&mut response.errors)
+            .into_iter()
+            .map(|e| with_default_code(e, "BAD_USER_INPUT"))
+            .collect();
+        response
+    }
+}

@@ -1,0 +1,313 @@
+//! The GraphQL schema: books, their mutations, and the consumers' activity.
+
+use std::sync::Arc;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{
+    Context, EmptySubscription, Enum, ID, InputObject, Object, Schema, SchemaBuilder,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use domain::{ActivityEntry, Authors, Book, BookName, DetailType, PublishedYear};
+
+use crate::error::{ApiError, ErrorCodes, resolve};
+use crate::store::{ActivityFeed, BookStore};
+
+/// The executable schema.
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// The page size when `first` is not given.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+/// The largest page a client may ask for.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription).extension(ErrorCodes)
+}
+
+/// Builds the schema over the given stores.
+pub fn build_schema(books: Arc<dyn BookStore>, activity: Arc<dyn ActivityFeed>) -> ApiSchema {
+    builder().data(books).data(activity).finish()
+}
+
+/// The schema in SDL, as checked in at `schema.graphql`.
+pub fn sdl() -> String {
+    builder().finish().sdl()
+}
+
+/// A book.
+struct BookNode(Book);
+
+#[Object(name = "Book")]
+impl BookNode {
+    /// The book's name, unique in the catalogue.
+    async fn name(&self) -> &str {
+        self.0.name.as_str()
+    }
+
+    /// The authors, in the order they were given.
+    async fn authors(&self) -> Vec<&str> {
+        self.0.authors.names().collect()
+    }
+
+    /// The year the book was first published (negative for BCE).
+    async fn published_year(&self) -> i32 {
+        self.0.published_year.get()
+    }
+}
+
+/// A book to add.
+#[derive(InputObject)]
+struct AddBookInput {
+    /// The name: 1 to 200 characters, trimmed; it must not be taken.
+    name: String,
+    /// 1 to 20 authors, each 1 to 100 characters, in order.
+    authors: Vec<String>,
+    /// The year of first publication, from -3000 to 2100.
+    published_year: i32,
+}
+
+impl AddBookInput {
+    fn parse(self) -> Result<Book, ApiError> {
+        let invalid = |e| ApiError::invalid_book("input", e);
+        Ok(Book {
+            name: BookName::parse(&self.name).map_err(invalid)?,
+            authors: Authors::parse(&self.authors).map_err(invalid)?,
+            published_year: PublishedYear::parse(self.published_year).map_err(invalid)?,
+        })
+    }
+}
+
+/// The kind of change an event reports.
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BookEventType {
+    /// `outboxdemo.added`: a book was added.
+    Added,
+    /// `outboxdemo.removed`: a book was removed.
+    Removed,
+    /// `outboxdemo.updated`: a book was changed.
+    Updated,
+}
+
+impl From<DetailType> for BookEventType {
+    fn from(detail_type: DetailType) -> Self {
+        match detail_type {
+            DetailType::Added => Self::Added,
+            DetailType::Removed => Self::Removed,
+            DetailType::Updated => Self::Updated,
+        }
+    }
+}
+
+/// What a consumer did in reaction to an event.
+struct ActivityNode(ActivityEntry);
+
+#[Object(name = "ActivityEntry")]
+impl ActivityNode {
+    /// The event's `metadata.eventId`: the id of the stream record it came from.
+    async fn event_id(&self) -> ID {
+        ID(self.0.event_id.clone())
+    }
+
+    /// The kind of event.
+    async fn event_type(&self) -> BookEventType {
+        self.0.detail_type.into()
+    }
+
+    /// The consumer that reacted, e.g. `book-added`.
+    async fn consumer(&self) -> &str {
+        &self.0.consumer
+    }
+
+    /// The name of the book the event was about.
+    async fn book_name(&self) -> &str {
+        self.0.book.name.as_str()
+    }
+
+    /// The whole book, when the event carried it (a removal may carry only the name).
+    async fn book(&self) -> Option<BookNode> {
+        self.0.book.to_book().map(BookNode)
+    }
+
+    /// When the consumer processed the event.
+    async fn processed_at(&self) -> DateTime<Utc> {
+        self.0.processed_at
+    }
+}
+
+/// Reads `first`: absent is the default page size; otherwise 0 to [`MAX_PAGE_SIZE`].
+fn page_size(first: Option<i32>) -> Result<usize, ApiError> {
+    match first {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_PAGE_SIZE)
+            .ok_or_else(|| {
+                ApiError::bad_input(
+                    "first",
+                    format!("first must be between 0 and {MAX_PAGE_SIZE}"),
+                )
+            }),
+    }
+}
+
+/// Cursors are opaque to clients: the store's position, tagged with the listing it belongs to.
+fn encode_cursor(listing: &str, position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{listing}:{position}"))
+}
+
+fn decode_cursor(listing: &str, cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            text.strip_prefix(listing)?
+                .strip_prefix(':')
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ApiError::bad_input("after", "invalid cursor"))
+}
+
+fn books_of<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn BookStore>, ApiError> {
+    ctx.data::<Arc<dyn BookStore>>().map_err(|e| {
+        tracing::error!(error = ?e.message, "the schema was built without a BookStore");
+        ApiError::Internal
+    })
+}
+
+fn activity_of<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn ActivityFeed>, ApiError> {
+    ctx.data::<Arc<dyn ActivityFeed>>().map_err(|e| {
+        tracing::error!(error = ?e.message, "the schema was built without an ActivityFeed");
+        ApiError::Internal
+    })
+}
+
+/// The queries.
+#[derive(Debug, Default)]
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The book with this name, or null.
+    async fn book(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<Option<BookNode>> {
+        resolve(async {
+            let name = BookName::parse(&name).map_err(|e| ApiError::invalid_book("", e))?;
+            Ok(books_of(ctx)?.get(&name).await?.map(BookNode))
+        })
+        .await
+    }
+
+    /// The catalogue, a page at a time (Relay connection; default 20, at most 100 a page).
+    async fn books(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, BookNode>> {
+        resolve(async {
+            let first = page_size(first)?;
+            let after = after
+                .map(|cursor| {
+                    BookName::parse(&decode_cursor("book", &cursor)?)
+                        .map_err(|_| ApiError::bad_input("after", "invalid cursor"))
+                })
+                .transpose()?;
+            let page = books_of(ctx)?.list(first, after.as_ref()).await?;
+            let mut connection = Connection::new(after.is_some(), page.has_next_page);
+            connection.edges.extend(
+                page.items.into_iter().map(|book| {
+                    Edge::new(encode_cursor("book", book.name.as_str()), BookNode(book))
+                }),
+            );
+            Ok(connection)
+        })
+        .await
+    }
+
+    /// What the consumers recorded, newest first (Relay connection; default 20, at most 100).
+    async fn activity(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, ActivityNode>> {
+        resolve(async {
+            let first = page_size(first)?;
+            let after = after
+                .map(|cursor| decode_cursor("activity", &cursor))
+                .transpose()?;
+            let page = activity_of(ctx)?.list(first, after.as_deref()).await?;
+            let mut connection = Connection::new(after.is_some(), page.has_next_page);
+            connection.edges.extend(page.items.into_iter().map(|item| {
+                Edge::new(
+                    encode_cursor("activity", &item.position),
+                    ActivityNode(item.entry),
+                )
+            }));
+            Ok(connection)
+        })
+        .await
+    }
+}
+
+/// The mutations. Each writes one item and returns; events follow from the committed change.
+#[derive(Debug, Default)]
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Adds a book. A name that is taken is a `CONFLICT` and changes nothing.
+    async fn add_book(
+        &self,
+        ctx: &Context<'_>,
+        input: AddBookInput,
+    ) -> async_graphql::Result<BookNode> {
+        resolve(async {
+            let book = input.parse()?;
+            books_of(ctx)?.add(&book).await?;
+            Ok(BookNode(book))
+        })
+        .await
+    }
+
+    /// Removes a book and returns it. A name that is not in the catalogue is `NOT_FOUND`.
+    async fn remove_book(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<BookNode> {
+        resolve(async {
+            let name = BookName::parse(&name).map_err(|e| ApiError::invalid_book("", e))?;
+            Ok(BookNode(books_of(ctx)?.remove(&name).await?))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_belong_to_their_listing() {
+        let cursor = encode_cursor("book", "Dune");
+        assert_eq!(decode_cursor("book", &cursor).unwrap(), "Dune");
+        assert!(decode_cursor("activity", &cursor).is_err());
+        assert!(decode_cursor("book", "not base64!").is_err());
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        assert_eq!(page_size(None).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(Some(0)).unwrap(), 0);
+        assert_eq!(page_size(Some(100)).unwrap(), 100);
+        assert!(page_size(Some(101)).is_err());
+        assert!(page_size(Some(-1)).is_err());
+    }
+}

@@ -1,0 +1,387 @@
+//! The local event bus: what EventBridge, its rules and their targets do on AWS.
+//!
+//! [`LocalBus`] is an [`EventPublisher`]. Publishing routes each event by source and detail
+//! type (as the template's rules do) and commits one queue entry per matching target, in one
+//! durable transaction. A delivery task per target takes its queue in order and hands each
+//! event to the target as the `EventBridgeEvent` JSON a Lambda receives; a failure is retried
+//! with backoff, and an event that keeps failing (or can never succeed) is moved to the dead
+//! letters so the queue goes on. An entry leaves the queue only after its target succeeded,
+//! so delivery is at least once; targets dedupe on `metadata.eventId`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use consumers::{ActivityStore, Consumer};
+use processor::{EventPublisher, OutboxEvent, PublishError};
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::embedded::{Db, DbError};
+
+/// Where a rule sends the events it matches: a consumer Lambda, locally.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Handles one event.
+    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError>;
+}
+
+/// A target's failure to handle an event.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    /// Whether delivering the same event again may succeed.
+    pub retryable: bool,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A consumer as a bus target.
+#[derive(Clone)]
+pub struct ConsumerTarget {
+    consumer: Consumer,
+    store: Arc<dyn ActivityStore>,
+}
+
+impl ConsumerTarget {
+    /// `consumer`, recording into `store`.
+    pub fn new(consumer: Consumer, store: Arc<dyn ActivityStore>) -> Self {
+        Self { consumer, store }
+    }
+}
+
+impl std::fmt::Debug for ConsumerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConsumerTarget")
+            .field(&self.consumer.name)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Target for ConsumerTarget {
+    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+        self.consumer
+            .handle(event, self.store.as_ref())
+            .await
+            .map(drop)
+            .map_err(|e| DeliveryError {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// A rule and its one target: events from `source` with one of `detail_types` go to `target`.
+#[derive(Clone)]
+pub struct Route {
+    /// The rule's (and the target queue's) name.
+    pub name: String,
+    /// The `source` the rule matches.
+    pub source: String,
+    /// The `detail-type`s the rule matches.
+    pub detail_types: Vec<String>,
+    /// Where matching events go.
+    pub target: Arc<dyn Target>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("detail_types", &self.detail_types)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// The route the template declares for a consumer: the processor's events of the
+    /// consumer's detail type.
+    pub fn consumer(consumer: Consumer, store: Arc<dyn ActivityStore>) -> Self {
+        Self {
+            name: consumer.name.to_owned(),
+            source: domain::event::SOURCE.to_owned(),
+            detail_types: vec![consumer.detail_type.as_str().to_owned()],
+            target: Arc::new(ConsumerTarget::new(consumer, store)),
+        }
+    }
+
+    fn matches(&self, source: &str, detail_type: &str) -> bool {
+        self.source == source && self.detail_types.iter().any(|t| t == detail_type)
+    }
+}
+
+/// How targets' deliveries are retried.
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// How many times an event is delivered before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The wait after the first failure; it doubles with each further one.
+    pub first_backoff: Duration,
+    /// The longest wait between two tries.
+    pub max_backoff: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The local event bus.
+pub struct LocalBus {
+    db: Arc<Db>,
+    name: String,
+    routes: Vec<Route>,
+    wakers: HashMap<String, Arc<Notify>>,
+    options: DeliveryOptions,
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBus")
+            .field("name", &self.name)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queued delivery.
+struct Queued {
+    id: i64,
+    event: String,
+    attempts: u32,
+}
+
+impl LocalBus {
+    /// A bus named `name` with these routes, queueing in `db`.
+    pub fn new(
+        db: Arc<Db>,
+        name: impl Into<String>,
+        routes: Vec<Route>,
+        options: DeliveryOptions,
+    ) -> Self {
+        let wakers = routes
+            .iter()
+            .map(|route| (route.name.clone(), Arc::new(Notify::new())))
+            .collect();
+        Self {
+            db,
+            name: name.into(),
+            routes,
+            wakers,
+            options,
+        }
+    }
+
+    /// The event as EventBridge delivers it to a target. Its `id` is new on every publish;
+    /// the stable id is `detail.metadata.eventId`.
+    fn to_bus_event(event: &OutboxEvent) -> Result<Value, serde_json::Error> {
+        Ok(json!({
+            "version": "0",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "detail-type": event.detail_type.as_str(),
+            "source": event.source(),
+            "account": "000000000000",
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "region": "local",
+            "resources": [],
+            "detail": serde_json::to_value(&event.envelope)?,
+        }))
+    }
+
+    /// Starts one delivery task per route; they stop when `shutdown` is cancelled.
+    pub fn spawn_deliveries(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
+        for route in &self.routes {
+            let bus = Arc::clone(self);
+            let route = route.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { bus.deliver_loop(route, shutdown).await });
+        }
+    }
+
+    async fn deliver_loop(self: Arc<Self>, route: Route, shutdown: CancellationToken) {
+        let Some(waker) = self.wakers.get(&route.name).cloned() else {
+            return;
+        };
+        while !shutdown.is_cancelled() {
+            let wait = match self.deliver_next(&route).await {
+                Ok(Some(wait)) => wait,
+                Ok(None) => {
+                    tokio::select! {
+                        () = waker.notified() => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(target_name = %route.name, %error, "bus queue failed; retrying");
+                    self.options.max_backoff
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Delivers the head of `route`'s queue. `None` when the queue is empty; otherwise how long
+    /// to wait before the next try (zero after a success).
+    async fn deliver_next(&self, route: &Route) -> Result<Option<Duration>, DbError> {
+        let target = route.name.clone();
+        let head = self
+            .db
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT id, event, attempts FROM bus_queue WHERE target = ?1 ORDER BY id LIMIT 1",
+                        [target],
+                        |row| Ok(Queued { id: row.get(0)?, event: row.get(1)?, attempts: row.get(2)? }),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        let Some(head) = head else {
+            return Ok(None);
+        };
+
+        let result = match serde_json::from_str::<EventBridgeEvent<Value>>(&head.event) {
+            Ok(event) => {
+                let event_id = event_id_of(&event.detail);
+                let span = tracing::info_span!("deliver", target_name = %route.name, %event_id);
+                route.target.deliver(event).instrument(span).await
+            }
+            Err(error) => Err(DeliveryError {
+                retryable: false,
+                message: format!("queued event is not an EventBridge event: {error}"),
+            }),
+        };
+        let id = head.id;
+        match result {
+            Ok(()) => {
+                self.db
+                    .write(move |conn| {
+                        conn.execute("DELETE FROM bus_queue WHERE id = ?1", [id])?;
+                        Ok(())
+                    })
+                    .await?;
+                Ok(Some(Duration::ZERO))
+            }
+            Err(error) => {
+                let attempts = head.attempts + 1;
+                let event_id = serde_json::from_str::<Value>(&head.event)
+                    .map(|event| event_id_of(&event["detail"]))
+                    .unwrap_or_default();
+                if !error.retryable || attempts >= self.options.max_attempts {
+                    tracing::error!(
+                        target_name = %route.name, %event_id, attempts, %error,
+                        "delivery failed for good; event dead-lettered"
+                    );
+                    let target = route.name.clone();
+                    let reason = error.message;
+                    let event = head.event;
+                    self.db
+                        .write(move |conn| {
+                            let tx = conn.transaction()?;
+                            tx.execute(
+                                "INSERT INTO bus_dead_letters (id, target, event, reason, attempts, failed_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                params![id, target, event, reason, attempts, chrono::Utc::now().to_rfc3339()],
+                            )?;
+                            tx.execute("DELETE FROM bus_queue WHERE id = ?1", [id])?;
+                            tx.commit()?;
+                            Ok(())
+                        })
+                        .await?;
+                    return Ok(Some(Duration::ZERO));
+                }
+                tracing::warn!(target_name = %route.name, %event_id, attempts, %error, "delivery failed; retrying");
+                let message = error.message;
+                self.db
+                    .write(move |conn| {
+                        conn.execute(
+                            "UPDATE bus_queue SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+                            params![id, attempts, message],
+                        )?;
+                        Ok(())
+                    })
+                    .await?;
+                let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
+                Ok(Some(
+                    self.options
+                        .first_backoff
+                        .saturating_mul(factor)
+                        .min(self.options.max_backoff),
+                ))
+            }
+        }
+    }
+}
+
+fn event_id_of(detail: &Value) -> String {
+    detail["metadata"]["eventId"]
+        .as_str()
+        .unwrap_or("-")
+        .to_owned()
+}
+
+#[async_trait]
+impl EventPublisher for LocalBus {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        let mut rows = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let json = Self::to_bus_event(event)
+                .and_then(|value| serde_json::to_string(&value))
+                .map_err(|e| PublishError {
+                    first_failed: index,
+                    reason: e.to_string(),
+                })?;
+            for route in &self.routes {
+                if route.matches(event.source(), event.detail_type.as_str()) {
+                    rows.push((route.name.clone(), json.clone()));
+                }
+            }
+        }
+        let targets: Vec<String> = rows.iter().map(|(target, _)| target.clone()).collect();
+        self.db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut insert =
+                        tx.prepare_cached("INSERT INTO bus_queue (target, event) VALUES (?1, ?2)")?;
+                    for (target, event) in &rows {
+                        insert.execute(params![target, event])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| PublishError {
+                first_failed: 0,
+                reason: e.to_string(),
+            })?;
+        for target in targets {
+            if let Some(waker) = self.wakers.get(&target) {
+                waker.notify_one();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The consumers' activity in the embedded store.
+
+use std::sync::Arc;
+
+use api::{ActivityFeed, ActivityItem, Page, StoreError};
+use async_trait::async_trait;
+use consumers::{ActivityStore, ActivityStoreError, Recorded};
+use domain::{ActivityEntry, DetailType};
+use rusqlite::params;
+
+use super::{Db, DbError};
+
+/// The activity table: the consumers' conditional put ([`ActivityStore`]) and the API's
+/// newest-first feed ([`ActivityFeed`]).
+#[derive(Debug, Clone)]
+pub struct EmbeddedActivityStore {
+    db: Arc<Db>,
+}
+
+impl EmbeddedActivityStore {
+    /// A store on `db`.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl ActivityStore for EmbeddedActivityStore {
+    async fn record(&self, entry: &ActivityEntry) -> Result<Recorded, ActivityStoreError> {
+        let entry = entry.clone();
+        self.db
+            .write(move |conn| {
+                let inserted = conn.execute(
+                    "INSERT INTO activity (event_id, detail_type, consumer, book, processed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
+                    params![
+                        entry.event_id,
+                        entry.detail_type.as_str(),
+                        entry.consumer,
+                        serde_json::to_string(&entry.book)?,
+                        entry.processed_at.to_rfc3339(),
+                    ],
+                )?;
+                Ok(if inserted == 1 {
+                    Recorded::New
+                } else {
+                    Recorded::AlreadyRecorded
+                })
+            })
+            .await
+            .map_err(|e| ActivityStoreError(e.into()))
+    }
+}
+
+#[async_trait]
+impl ActivityFeed for EmbeddedActivityStore {
+    async fn list(
+        &self,
+        first: usize,
+        after: Option<&str>,
+    ) -> Result<Page<ActivityItem>, StoreError> {
+        let after = match after {
+            Some(position) => Some(
+                position
+                    .parse::<i64>()
+                    .map_err(|_| StoreError::InvalidPosition)?,
+            ),
+            None => None,
+        };
+        self.db
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT position, event_id, detail_type, consumer, book, processed_at
+                     FROM activity WHERE ?1 IS NULL OR position < ?1
+                     ORDER BY position DESC LIMIT ?2",
+                )?;
+                let rows = statement.query_map(params![after, first as i64 + 1], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                })?;
+                let mut items = Vec::new();
+                for row in rows {
+                    let (position, event_id, detail_type, consumer, book, processed_at) = row?;
+                    let detail_type = DetailType::parse(&detail_type).ok_or_else(|| {
+                        DbError::Corrupt(format!("unknown detail type {detail_type:?}"))
+                    })?;
+                    let processed_at = chrono::DateTime::parse_from_rfc3339(&processed_at)
+                        .map_err(|e| DbError::Corrupt(format!("bad timestamp: {e}")))?
+                        .to_utc();
+                    items.push(ActivityItem {
+                        position: position.to_string(),
+                        entry: ActivityEntry {
+                            event_id,
+                            detail_type,
+                            consumer,
+                            book: serde_json::from_str(&book)?,
+                            processed_at,
+                        },
+                    });
+                }
+                let has_next_page = items.len() > first;
+                items.truncate(first);
+                Ok(Page {
+                    items,
+                    has_next_page,
+                })
+            })
+            .await
+            .map_err(StoreError::unavailable)
+    }
+}

@@ -1,0 +1,172 @@
+//! The books table of the embedded store, with its change stream.
+
+use std::sync::Arc;
+
+use api::{BookStore, Page, StoreError};
+use async_trait::async_trait;
+use domain::item;
+use domain::{Book, BookName};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Db, DbError};
+
+/// A [`BookStore`] on the embedded database. Every write commits the item and its stream
+/// record (`INSERT` with the new image, `REMOVE` with the old one) in one transaction, as
+/// DynamoDB Streams records exactly the committed changes.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBookStore {
+    db: Arc<Db>,
+}
+
+impl EmbeddedBookStore {
+    /// A store on `db`.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+}
+
+fn item_json(book: &Book) -> Result<String, DbError> {
+    Ok(serde_json::to_string(&item::to_item(book))?)
+}
+
+fn book_from_json(json: &str) -> Result<Book, DbError> {
+    let item = serde_json::from_str(json)?;
+    item::from_item(item).map_err(|e| DbError::Corrupt(format!("stored item is not a book: {e}")))
+}
+
+/// Appends a stream record in the caller's transaction.
+fn append_record(
+    tx: &Transaction<'_>,
+    event_name: &str,
+    name: &BookName,
+    new_image: Option<&str>,
+    old_image: Option<&str>,
+) -> Result<(), DbError> {
+    let keys = serde_json::to_string(&item::key(name))?;
+    let event_id = uuid::Uuid::new_v4().simple().to_string();
+    tx.execute(
+        "INSERT INTO stream (event_id, event_name, keys, new_image, old_image, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            event_id,
+            event_name,
+            keys,
+            new_image,
+            old_image,
+            chrono::Utc::now().timestamp_millis()
+        ],
+    )?;
+    Ok(())
+}
+
+enum Outcome<T> {
+    Done(T),
+    Refused(StoreError),
+}
+
+fn into_result<T>(outcome: Result<Outcome<T>, DbError>) -> Result<T, StoreError> {
+    match outcome {
+        Ok(Outcome::Done(value)) => Ok(value),
+        Ok(Outcome::Refused(error)) => Err(error),
+        Err(error) => Err(StoreError::unavailable(error)),
+    }
+}
+
+#[async_trait]
+impl BookStore for EmbeddedBookStore {
+    async fn add(&self, book: &Book) -> Result<(), StoreError> {
+        let book = book.clone();
+        let json = item_json(&book).map_err(StoreError::unavailable)?;
+        let outcome = self
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let inserted = tx.execute(
+                    "INSERT INTO books (name, item) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    params![book.name.as_str(), json],
+                )?;
+                if inserted == 0 {
+                    return Ok(Outcome::Refused(StoreError::Conflict(book.name)));
+                }
+                append_record(&tx, "INSERT", &book.name, Some(&json), None)?;
+                tx.commit()?;
+                Ok(Outcome::Done(()))
+            })
+            .await;
+        let result = into_result(outcome);
+        if result.is_ok() {
+            self.db.notify_stream_appended();
+        }
+        result
+    }
+
+    async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
+        let name = name.clone();
+        let outcome = self
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let old: Option<String> = tx
+                    .query_row(
+                        "DELETE FROM books WHERE name = ?1 RETURNING item",
+                        [name.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let Some(old) = old else {
+                    return Ok(Outcome::Refused(StoreError::NotFound(name)));
+                };
+                let book = book_from_json(&old)?;
+                append_record(&tx, "REMOVE", &name, None, Some(&old))?;
+                tx.commit()?;
+                Ok(Outcome::Done(book))
+            })
+            .await;
+        let result = into_result(outcome);
+        if result.is_ok() {
+            self.db.notify_stream_appended();
+        }
+        result
+    }
+
+    async fn get(&self, name: &BookName) -> Result<Option<Book>, StoreError> {
+        let name = name.clone();
+        self.db
+            .read(move |conn| {
+                let json: Option<String> = conn
+                    .query_row(
+                        "SELECT item FROM books WHERE name = ?1",
+                        [name.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                json.as_deref().map(book_from_json).transpose()
+            })
+            .await
+            .map_err(StoreError::unavailable)
+    }
+
+    async fn list(&self, first: usize, after: Option<&BookName>) -> Result<Page<Book>, StoreError> {
+        let after = after.map(|name| name.as_str().to_owned());
+        self.db
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT item FROM books WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
+                )?;
+                let rows = statement.query_map(params![after, first as i64 + 1], |row| {
+                    row.get::<_, String>(0)
+                })?;
+                let mut items = rows
+                    .map(|json| book_from_json(&json?))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let has_next_page = items.len() > first;
+                items.truncate(first);
+                Ok(Page {
+                    items,
+                    has_next_page,
+                })
+            })
+            .await
+            .map_err(StoreError::unavailable)
+    }
+}

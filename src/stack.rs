@@ -1,0 +1,104 @@
+//! Wiring: the embedded store, the stream reader running the processor, the local bus with
+//! the consumers as targets, and the API, in one process.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{DeliveryOptions, LocalBus, Route};
+use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore};
+use crate::stream::{Processor, ReaderOptions, StreamReader};
+
+/// Where the local stack keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A durable database in this directory.
+    Dir(PathBuf),
+    /// A throwaway database in memory.
+    InMemory,
+}
+
+/// Everything the local stack is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where data lives.
+    pub storage: Storage,
+    /// The event bus name (as `EVENT_BUS_NAME` on AWS).
+    pub event_bus_name: String,
+    /// How the stream reader batches and retries.
+    pub reader: ReaderOptions,
+    /// How the bus retries deliveries.
+    pub delivery: DeliveryOptions,
+}
+
+impl Settings {
+    /// Defaults with data in `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            event_bus_name: domain::event::DEFAULT_EVENT_BUS_NAME.to_owned(),
+            reader: ReaderOptions::default(),
+            delivery: DeliveryOptions::default(),
+        }
+    }
+}
+
+/// Opens the database for `storage`.
+pub fn open(storage: &Storage) -> Result<Arc<Db>, DbError> {
+    match storage {
+        Storage::Dir(dir) => Db::open(dir),
+        Storage::InMemory => Db::in_memory(),
+    }
+}
+
+/// Runs the whole local stack, serving the API on `listener`, until `shutdown` resolves.
+///
+/// Then the server stops taking requests and finishes those in flight, the stream reader and
+/// the deliveries finish what they hold, and the database is closed. Everything committed
+/// before a stop (or a crash) is picked up where it was on the next start.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = open(&settings.storage)?;
+    let books = Arc::new(EmbeddedBookStore::new(Arc::clone(&db)));
+    let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(&db)));
+
+    let routes = consumers::ALL
+        .into_iter()
+        .map(|consumer| Route::consumer(consumer, activity.clone()))
+        .collect();
+    let bus = Arc::new(LocalBus::new(
+        Arc::clone(&db),
+        settings.event_bus_name.clone(),
+        routes,
+        settings.delivery.clone(),
+    ));
+
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    bus.spawn_deliveries(&mut tasks, &stop);
+    let reader = StreamReader::new(Arc::clone(&db), Processor(bus), settings.reader.clone());
+    tasks.spawn(reader.run(stop.clone()));
+
+    let schema = api::build_schema(books, activity);
+    let app = api::router(schema);
+    tracing::info!(address = %listener.local_addr()?, storage = ?settings.storage, "serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+
+    stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "a background task failed");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(served?)
+}

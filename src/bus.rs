@@ -385,3 +385,51 @@ impl EventPublisher for LocalBus {
         Ok(())
     }
 }
+
+/// An event that a target kept failing (or could never handle), set aside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusDeadLetter {
+    /// The route it was queued for.
+    pub target: String,
+    /// The event as it was to be delivered (EventBridge's JSON).
+    pub event: Value,
+    /// The target's last error.
+    pub reason: String,
+    /// How many times it was delivered.
+    pub attempts: u32,
+}
+
+/// The bus's dead letters, oldest first.
+pub async fn dead_letters(db: &Arc<Db>) -> Result<Vec<BusDeadLetter>, DbError> {
+    db.read(|conn| {
+        let mut statement = conn.prepare_cached(
+            "SELECT target, event, reason, attempts FROM bus_dead_letters ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get::<_, String>(1)?,
+                row.get(2)?,
+                row.get(3)?,
+            ))
+        })?;
+        let mut letters = Vec::new();
+        for row in rows {
+            let (target, event, reason, attempts) = row?;
+            letters.push(BusDeadLetter {
+                target,
+                event: serde_json::from_str(&event)?,
+                reason,
+                attempts,
+            });
+        }
+        Ok(letters)
+    })
+    .await
+}
+
+/// How many deliveries are queued, over all targets.
+pub async fn queued(db: &Arc<Db>) -> Result<u64, DbError> {
+    db.read(|conn| Ok(conn.query_row("SELECT count(*) FROM bus_queue", [], |row| row.get(0))?))
+        .await
+}

@@ -30,6 +30,13 @@ pub trait BatchHandler: Send + Sync {
     async fn handle(&self, event: Event) -> DynamoDbEventResponse;
 }
 
+#[async_trait]
+impl<T: BatchHandler + ?Sized> BatchHandler for Arc<T> {
+    async fn handle(&self, event: Event) -> DynamoDbEventResponse {
+        (**self).handle(event).await
+    }
+}
+
 /// The processor library function over an [`EventPublisher`]: the same call the processor
 /// Lambda makes.
 #[derive(Clone)]
@@ -351,4 +358,55 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
         () = tokio::time::sleep(duration) => true,
         () = shutdown.cancelled() => false,
     }
+}
+
+/// A stream record that the processor kept failing, set aside so the stream could go on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamDeadLetter {
+    /// The record's position in the stream.
+    pub seq: i64,
+    /// The record's `eventID`.
+    pub event_id: String,
+    /// The record as the processor got it (Lambda's DynamoDB stream record JSON).
+    pub record: Value,
+    /// Why it was set aside.
+    pub reason: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+}
+
+/// The stream's dead letters, oldest first.
+pub async fn dead_letters(db: &Arc<Db>) -> Result<Vec<StreamDeadLetter>, DbError> {
+    db.read(|conn| {
+        let mut statement = conn.prepare_cached(
+            "SELECT seq, event_id, record, reason, attempts FROM stream_dead_letters ORDER BY seq",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, String>(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?;
+        let mut letters = Vec::new();
+        for row in rows {
+            let (seq, event_id, record, reason, attempts) = row?;
+            letters.push(StreamDeadLetter {
+                seq,
+                event_id,
+                record: serde_json::from_str(&record)?,
+                reason,
+                attempts,
+            });
+        }
+        Ok(letters)
+    })
+    .await
+}
+
+/// The processor's checkpoint: the sequence number of the last record it is done with.
+pub async fn checkpoint(db: &Arc<Db>) -> Result<i64, DbError> {
+    read_checkpoint(db).await
 }

@@ -6,7 +6,7 @@
 //! - [`schema`]: queries and mutations; build it with [`build_schema`].
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
-//! - [`router`]: the axum router: GraphiQL at `/`, GraphQL at `/graphql`, `/health`.
+//! - [`mod@router`]: the axum router, [`router()`]: GraphiQL at `/`, GraphQL at `/graphql`, `/health`.
 //!
 //! A mutation writes to the [`BookStore`] and returns: nothing here publishes events.
 

@@ -188,7 +188,7 @@ fn activity_of<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn ActivityFeed>, ApiEr
 #[derive(Debug, Default)]
 pub struct QueryRoot;
 
-#[Object]
+#[Object(name = "Query")]
 impl QueryRoot {
     /// The book with this name, or null.
     async fn book(
@@ -260,7 +260,7 @@ impl QueryRoot {
 #[derive(Debug, Default)]
 pub struct MutationRoot;
 
-#[Object]
+#[Object(name = "Mutation")]
 impl MutationRoot {
     /// Adds a book. A name that is taken is a `CONFLICT` and changes nothing.
     async fn add_book(

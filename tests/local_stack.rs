@@ -1,0 +1,296 @@
+//! The local stack end to end, over real HTTP: the API, the store, the stream, the processor,
+//! the bus and the consumers, as a user meets them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{error_code, spawn_app};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn books_can_be_added_read_paged_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+
+    let dune = app.add_book("  Dune ", &["Frank Herbert"], 1965).await;
+    assert_eq!(
+        dune,
+        json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965})
+    );
+    for (name, year) in [
+        ("Emma", 1815),
+        ("Beloved", 1987),
+        ("Ulysses", 1922),
+        ("Arcadia", 1593),
+    ] {
+        app.add_book(name, &["Someone", "Someone Else"], year).await;
+    }
+
+    let book = app
+        .data(
+            r#"{ book(name: "Emma") { name authors publishedYear } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        book["book"],
+        json!({"name": "Emma", "authors": ["Someone", "Someone Else"], "publishedYear": 1815})
+    );
+    let missing = app
+        .data(r#"{ book(name: "Nope") { name } }"#, json!({}))
+        .await;
+    assert_eq!(missing["book"], Value::Null);
+
+    // Page through two at a time: every book once, in a stable order, with working cursors.
+    let mut names = Vec::new();
+    let mut after = Value::Null;
+    let mut pages = 0;
+    loop {
+        let data = app
+            .data(
+                "query($after: String) { books(first: 2, after: $after) {
+                    edges { cursor node { name } } pageInfo { hasNextPage hasPreviousPage endCursor } } }",
+                json!({"after": after}),
+            )
+            .await;
+        let books = &data["books"];
+        let edges = books["edges"].as_array().unwrap();
+        assert!(edges.len() <= 2);
+        names.extend(
+            edges
+                .iter()
+                .map(|e| e["node"]["name"].as_str().unwrap().to_owned()),
+        );
+        assert_eq!(
+            books["pageInfo"]["endCursor"],
+            edges.last().map_or(Value::Null, |e| e["cursor"].clone())
+        );
+        assert_eq!(books["pageInfo"]["hasPreviousPage"], json!(pages > 0));
+        pages += 1;
+        if !books["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            break;
+        }
+        after = books["pageInfo"]["endCursor"].clone();
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["Arcadia", "Beloved", "Dune", "Emma", "Ulysses"]);
+
+    let default_page = app
+        .data("{ books { edges { node { name } } } }", json!({}))
+        .await;
+    assert_eq!(default_page["books"]["edges"].as_array().unwrap().len(), 5);
+
+    let removed = app.remove_book("Emma").await;
+    assert_eq!(
+        removed,
+        json!({"name": "Emma", "authors": ["Someone", "Someone Else"], "publishedYear": 1815})
+    );
+    let gone = app
+        .data(r#"{ book(name: "Emma") { name } }"#, json!({}))
+        .await;
+    assert_eq!(gone["book"], Value::Null);
+
+    // GraphQL over GET answers queries too.
+    let response: Value = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", r#"{ book(name: "Dune") { publishedYear } }"#)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["data"]["book"]["publishedYear"], 1965);
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_error_has_a_stable_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.add_book("Dune", &["Frank Herbert"], 1965).await;
+
+    let add = "mutation($input: AddBookInput!) { addBook(input: $input) { name } }";
+    for (input, field) in [
+        (
+            json!({"name": " ", "authors": ["A"], "publishedYear": 2000}),
+            "input.name",
+        ),
+        (
+            json!({"name": "x".repeat(201), "authors": ["A"], "publishedYear": 2000}),
+            "input.name",
+        ),
+        (
+            json!({"name": "New", "authors": [], "publishedYear": 2000}),
+            "input.authors",
+        ),
+        (
+            json!({"name": "New", "authors": ["A", ""], "publishedYear": 2000}),
+            "input.authors",
+        ),
+        (
+            json!({"name": "New", "authors": ["A"], "publishedYear": 99999}),
+            "input.publishedYear",
+        ),
+    ] {
+        let body = app.graphql(add, json!({"input": input})).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+        assert_eq!(body["data"], Value::Null);
+    }
+
+    // A taken name is a conflict, and the stored book is left as it was.
+    let body = app
+        .graphql(
+            add,
+            json!({"input": {"name": "Dune", "authors": ["Someone Else"], "publishedYear": 2000}}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "CONFLICT", "{body}");
+    let dune = app
+        .data(
+            r#"{ book(name: "Dune") { authors publishedYear } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        dune["book"],
+        json!({"authors": ["Frank Herbert"], "publishedYear": 1965})
+    );
+
+    let body = app
+        .graphql(
+            r#"mutation { removeBook(name: "Nope") { name } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Nope")
+    );
+
+    for query in [
+        "{ books(first: 101) { edges { cursor } } }",
+        "{ books(first: -1) { edges { cursor } } }",
+        r#"{ books(after: "bm90IGEgY3Vyc29y") { edges { cursor } } }"#,
+        r#"{ activity(after: "garbage!") { edges { cursor } } }"#,
+    ] {
+        let body = app.graphql(query, json!({})).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{query}: {body}");
+    }
+
+    // A books cursor is not an activity cursor.
+    let books = app.data("{ books { edges { cursor } } }", json!({})).await;
+    let cursor = books["books"]["edges"][0]["cursor"].clone();
+    let body = app
+        .graphql(
+            "query($after: String) { activity(after: $after) { edges { cursor } } }",
+            json!({"after": cursor}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+
+    let body = app.graphql("{ books(", json!({})).await;
+    assert_eq!(error_code(&body), "GRAPHQL_PARSE_FAILED", "{body}");
+    let body = app.graphql("{ shelves { name } }", json!({})).await;
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+
+    // Only the one book, and only its one INSERT, went downstream.
+    let activity = app.wait_for_activity(1).await;
+    assert_eq!(activity.len(), 1, "{activity:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_react_to_committed_changes_and_everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.add_book("Dune", &["Frank Herbert"], 1965).await;
+    app.add_book("Emma", &["Jane Austen"], 1815).await;
+    app.add_book("Ulysses", &["James Joyce"], 1922).await;
+    app.remove_book("Emma").await;
+
+    let activity = app.wait_for_activity(4).await;
+    let seen: Vec<(&str, &str, &str)> = activity
+        .iter()
+        .map(|e| {
+            (
+                e["consumer"].as_str().unwrap(),
+                e["eventType"].as_str().unwrap(),
+                e["bookName"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Newest first, and in commit order per book.
+    assert_eq!(
+        seen,
+        [
+            ("book-removed", "REMOVED", "Emma"),
+            ("book-added", "ADDED", "Ulysses"),
+            ("book-added", "ADDED", "Emma"),
+            ("book-added", "ADDED", "Dune"),
+        ]
+    );
+    assert_eq!(
+        activity[0]["book"],
+        json!({"name": "Emma", "authors": ["Jane Austen"], "publishedYear": 1815})
+    );
+    let event_ids: HashSet<String> = activity
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(event_ids.len(), 4);
+    app.stop().await;
+
+    // Start again on the same data directory: the books and the activity are still there, and
+    // nothing is redelivered as a second activity entry.
+    let app = spawn_app(dir.path()).await;
+    let books = app
+        .data("{ books { edges { node { name } } } }", json!({}))
+        .await;
+    assert_eq!(
+        books["books"]["edges"],
+        json!([{"node": {"name": "Dune"}}, {"node": {"name": "Ulysses"}}])
+    );
+    app.add_book("Beloved", &["Toni Morrison"], 1987).await;
+    let after_restart = app.wait_for_activity(5).await;
+    assert_eq!(after_restart.len(), 5);
+    assert_eq!(after_restart[0]["bookName"], "Beloved");
+    assert_eq!(&after_restart[1..], &activity[..]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_graphiql_are_served() {
+    let app =
+        common::spawn_with(common::quick_settings(outboxdemo::stack::Storage::InMemory)).await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+
+    let page = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("graphiql") && html.contains("/graphql"),
+        "{html}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,439 @@
+//! The local change stream and event bus, driven directly: what they hand their handlers,
+//! and how they retry, dead-letter and resume.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::BookStore;
+use async_trait::async_trait;
+use aws_lambda_events::dynamodb::Event;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use domain::event::{DetailType, Envelope, Metadata};
+use domain::{Authors, Book, BookName, BookSnapshot, PublishedYear};
+use outboxdemo::bus::{self, DeliveryError, DeliveryOptions, LocalBus, Route, Target};
+use outboxdemo::embedded::{Db, EmbeddedBookStore};
+use outboxdemo::stream::{self, BatchHandler, ReaderOptions, StreamReader};
+use processor::{EventPublisher, OutboxEvent};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn book(name: &str) -> Book {
+    Book {
+        name: BookName::parse(name).unwrap(),
+        authors: Authors::parse(&["An Author"]).unwrap(),
+        published_year: PublishedYear::parse(2001).unwrap(),
+    }
+}
+
+fn reader_options() -> ReaderOptions {
+    ReaderOptions {
+        batch_size: 3,
+        max_attempts: 3,
+        first_backoff: Duration::from_millis(2),
+        max_backoff: Duration::from_millis(10),
+    }
+}
+
+async fn eventually(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A processor stand-in: remembers what it handled, and fails chosen records a number of times
+/// (`u32::MAX`: always).
+#[derive(Default)]
+struct ScriptedHandler {
+    failures: Mutex<HashMap<String, u32>>,
+    handled: Mutex<Vec<Value>>,
+    calls: Mutex<u32>,
+}
+
+impl ScriptedHandler {
+    fn failing(names: &[(&str, u32)]) -> Arc<Self> {
+        let handler = Self::default();
+        *handler.failures.lock().unwrap() =
+            names.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+        Arc::new(handler)
+    }
+
+    fn handled_names(&self) -> Vec<String> {
+        self.handled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["dynamodb"]["Keys"]["name"]["S"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl BatchHandler for ScriptedHandler {
+    async fn handle(&self, event: Event) -> DynamoDbEventResponse {
+        *self.calls.lock().unwrap() += 1;
+        let mut response = DynamoDbEventResponse::default();
+        for record in event.records {
+            let name = match record.change.keys.get("name") {
+                Some(serde_dynamo::AttributeValue::S(name)) => name.clone(),
+                _ => panic!("record without a name key"),
+            };
+            let mut failures = self.failures.lock().unwrap();
+            if let Some(left) = failures.get_mut(&name).filter(|left| **left > 0) {
+                *left = left.saturating_sub(u32::from(*left != u32::MAX));
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier = record.change.sequence_number.clone();
+                response.batch_item_failures.push(failure);
+                return response;
+            }
+            self.handled
+                .lock()
+                .unwrap()
+                .push(serde_json::to_value(&record).unwrap());
+        }
+        response
+    }
+}
+
+async fn run_reader(
+    db: &Arc<Db>,
+    handler: Arc<ScriptedHandler>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let reader = StreamReader::new(Arc::clone(db), handler, reader_options());
+    let task = tokio::spawn(reader.run(stop.clone()));
+    (stop, task)
+}
+
+#[tokio::test]
+async fn the_stream_hands_over_lambda_records_of_each_committed_change_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let store = EmbeddedBookStore::new(Arc::clone(&db));
+    let handler = ScriptedHandler::failing(&[]);
+    let (stop, task) = run_reader(&db, Arc::clone(&handler)).await;
+
+    store.add(&book("Dune")).await.unwrap();
+    store.add(&book("Emma")).await.unwrap();
+    assert!(
+        store.add(&book("Dune")).await.is_err(),
+        "a conflict commits no record"
+    );
+    store
+        .remove(&BookName::parse("Dune").unwrap())
+        .await
+        .unwrap();
+    eventually(|| handler.handled.lock().unwrap().len() == 3).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let records = handler.handled.lock().unwrap().clone();
+    let names: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["eventName"].as_str().unwrap(),
+                r["dynamodb"]["Keys"]["name"]["S"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [("INSERT", "Dune"), ("INSERT", "Emma"), ("REMOVE", "Dune")]
+    );
+    let image = serde_json::json!({"name": {"S": "Dune"}, "authors": {"L": [{"S": "An Author"}]}, "publishedYear": {"N": "2001"}});
+    assert_eq!(records[0]["dynamodb"]["NewImage"], image);
+    assert_eq!(records[2]["dynamodb"]["OldImage"], image);
+    assert!(
+        records[2]["dynamodb"]
+            .get("NewImage")
+            .is_none_or(|v| v.as_object().is_none_or(|o| o.is_empty()))
+    );
+    let sequence_numbers: Vec<&str> = records
+        .iter()
+        .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap())
+        .collect();
+    assert!(
+        sequence_numbers.windows(2).all(|w| w[0] < w[1]),
+        "{sequence_numbers:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["eventID"].as_str().unwrap().len() == 32)
+    );
+
+    // The checkpoint is durable: a new reader on the same data hands over nothing again.
+    drop(store);
+    drop(db);
+    let db = Db::open(dir.path()).unwrap();
+    assert_eq!(stream::checkpoint(&db).await.unwrap(), 3);
+    let again = ScriptedHandler::failing(&[]);
+    let (stop, task) = run_reader(&db, Arc::clone(&again)).await;
+    EmbeddedBookStore::new(Arc::clone(&db))
+        .add(&book("Ulysses"))
+        .await
+        .unwrap();
+    eventually(|| !again.handled.lock().unwrap().is_empty()).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(again.handled_names(), ["Ulysses"]);
+}
+
+#[tokio::test]
+async fn a_failed_record_is_retried_from_where_it_failed_and_nothing_is_handled_twice() {
+    let db = Db::in_memory().unwrap();
+    let store = EmbeddedBookStore::new(Arc::clone(&db));
+    for name in ["A", "B", "C", "D", "E"] {
+        store.add(&book(name)).await.unwrap();
+    }
+    // B fails twice (the batch is A, B, C), D once.
+    let handler = ScriptedHandler::failing(&[("B", 2), ("D", 1)]);
+    let (stop, task) = run_reader(&db, Arc::clone(&handler)).await;
+    eventually(|| handler.handled.lock().unwrap().len() == 5).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    assert_eq!(handler.handled_names(), ["A", "B", "C", "D", "E"]);
+    assert!(stream::dead_letters(&db).await.unwrap().is_empty());
+    assert_eq!(stream::checkpoint(&db).await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_after_bounded_tries_and_the_stream_goes_on() {
+    let db = Db::in_memory().unwrap();
+    let store = EmbeddedBookStore::new(Arc::clone(&db));
+    for name in ["A", "Poison", "C"] {
+        store.add(&book(name)).await.unwrap();
+    }
+    let handler = ScriptedHandler::failing(&[("Poison", u32::MAX)]);
+    let (stop, task) = run_reader(&db, Arc::clone(&handler)).await;
+    eventually(|| handler.handled.lock().unwrap().len() == 2).await;
+    store.add(&book("D")).await.unwrap();
+    eventually(|| handler.handled.lock().unwrap().len() == 3).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    assert_eq!(handler.handled_names(), ["A", "C", "D"]);
+    let letters = stream::dead_letters(&db).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(letters[0].record["dynamodb"]["Keys"]["name"]["S"], "Poison");
+    assert_eq!(letters[0].record["eventName"], "INSERT");
+    // 1 call that handled A then failed, 2 more failing tries, then C and D.
+    assert!(*handler.calls.lock().unwrap() >= 4);
+}
+
+/// A bus target that records what it got and fails on cue.
+#[derive(Default)]
+struct ScriptedTarget {
+    got: Mutex<Vec<EventBridgeEvent<Value>>>,
+    /// Per book name: how many deliveries to fail, and whether the failure is retryable.
+    failures: Mutex<HashMap<String, (u32, bool)>>,
+}
+
+#[async_trait]
+impl Target for ScriptedTarget {
+    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+        let name = event.detail["data"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Some((left, retryable)) = self
+            .failures
+            .lock()
+            .unwrap()
+            .get_mut(&name)
+            .filter(|(left, _)| *left > 0)
+        {
+            *left -= 1;
+            return Err(DeliveryError {
+                retryable: *retryable,
+                message: format!("{name} refused"),
+            });
+        }
+        self.got.lock().unwrap().push(event);
+        Ok(())
+    }
+}
+
+fn outbox_event(detail_type: DetailType, name: &str, event_id: &str) -> OutboxEvent {
+    OutboxEvent {
+        detail_type,
+        envelope: Envelope {
+            metadata: Metadata {
+                event_id: event_id.into(),
+                sequence_number: "1".into(),
+                occurred_at: chrono::Utc::now(),
+                version: 1,
+            },
+            data: BookSnapshot::from(book(name)),
+        },
+    }
+}
+
+fn route(name: &str, detail_type: DetailType, target: &Arc<ScriptedTarget>) -> Route {
+    Route {
+        name: name.into(),
+        source: domain::event::SOURCE.into(),
+        detail_types: vec![detail_type.as_str().into()],
+        target: Arc::clone(target) as Arc<dyn Target>,
+    }
+}
+
+fn names(target: &ScriptedTarget) -> Vec<String> {
+    target
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.detail["data"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_bus_routes_by_detail_type_and_delivers_eventbridge_events_in_order() {
+    let db = Db::in_memory().unwrap();
+    let added = Arc::new(ScriptedTarget::default());
+    let removed = Arc::new(ScriptedTarget::default());
+    let bus = Arc::new(LocalBus::new(
+        Arc::clone(&db),
+        "test-bus",
+        vec![
+            route("added", DetailType::Added, &added),
+            route("removed", DetailType::Removed, &removed),
+        ],
+        DeliveryOptions::default(),
+    ));
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    bus.spawn_deliveries(&mut tasks, &stop);
+
+    bus.publish(&[
+        outbox_event(DetailType::Added, "A", "e1"),
+        outbox_event(DetailType::Updated, "A", "e2"),
+        outbox_event(DetailType::Removed, "A", "e3"),
+        outbox_event(DetailType::Added, "B", "e4"),
+        outbox_event(DetailType::Added, "C", "e5"),
+    ])
+    .await
+    .unwrap();
+    eventually(|| names(&added).len() == 3 && names(&removed).len() == 1).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+
+    assert_eq!(names(&added), ["A", "B", "C"]);
+    assert_eq!(names(&removed), ["A"]);
+    let event = added.got.lock().unwrap()[0].clone();
+    assert_eq!(
+        (event.source.as_str(), event.detail_type.as_str()),
+        ("outboxdemo.processor", "outboxdemo.added")
+    );
+    assert_eq!(event.detail["metadata"]["eventId"], "e1");
+    assert!(event.id.is_some() && event.time.is_some());
+    assert_eq!(
+        bus::queued(&db).await.unwrap(),
+        0,
+        "an event no rule matches is not queued"
+    );
+}
+
+#[tokio::test]
+async fn the_bus_retries_then_dead_letters_without_blocking_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let target = Arc::new(ScriptedTarget::default());
+    *target.failures.lock().unwrap() = HashMap::from([
+        ("Flaky".to_owned(), (2, true)),
+        ("Hopeless".to_owned(), (u32::MAX, true)),
+        ("Malformed".to_owned(), (u32::MAX, false)),
+    ]);
+    let options = DeliveryOptions {
+        max_attempts: 4,
+        first_backoff: Duration::from_millis(2),
+        max_backoff: Duration::from_millis(10),
+    };
+    let bus = Arc::new(LocalBus::new(
+        Arc::clone(&db),
+        "test-bus",
+        vec![route("t", DetailType::Added, &target)],
+        options,
+    ));
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    bus.spawn_deliveries(&mut tasks, &stop);
+
+    let events: Vec<_> = ["Flaky", "Hopeless", "Malformed", "Fine"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| outbox_event(DetailType::Added, name, &format!("e{i}")))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    eventually(|| names(&target).len() == 2).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+
+    assert_eq!(names(&target), ["Flaky", "Fine"]);
+    let letters = bus::dead_letters(&db).await.unwrap();
+    let summary: Vec<_> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.event["detail"]["data"]["name"].as_str().unwrap(),
+                l.attempts,
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("Hopeless", 4), ("Malformed", 1)]);
+    assert_eq!(letters[0].reason, "Hopeless refused");
+    assert_eq!(letters[0].target, "t");
+    assert_eq!(bus::queued(&db).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn queued_deliveries_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Arc::new(ScriptedTarget::default());
+    {
+        // Publish with no delivery running: the events wait in the durable queue.
+        let db = Db::open(dir.path()).unwrap();
+        let bus = LocalBus::new(
+            Arc::clone(&db),
+            "test-bus",
+            vec![route("t", DetailType::Added, &target)],
+            DeliveryOptions::default(),
+        );
+        bus.publish(&[
+            outbox_event(DetailType::Added, "A", "e1"),
+            outbox_event(DetailType::Added, "B", "e2"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(bus::queued(&db).await.unwrap(), 2);
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let bus = Arc::new(LocalBus::new(
+        Arc::clone(&db),
+        "test-bus",
+        vec![route("t", DetailType::Added, &target)],
+        DeliveryOptions::default(),
+    ));
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    bus.spawn_deliveries(&mut tasks, &stop);
+    eventually(|| names(&target).len() == 2).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    assert_eq!(names(&target), ["A", "B"]);
+    assert_eq!(bus::queued(&db).await.unwrap(), 0);
+}

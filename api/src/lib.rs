@@ -6,10 +6,12 @@
 //! - [`schema`]: queries and mutations; build it with [`build_schema`].
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
+//! - [`dynamo`]: the DynamoDB adapters of those ports, used by the `api` Lambda.
 //! - [`mod@router`]: the axum router, [`router()`]: GraphiQL at `/`, GraphQL at `/graphql`, `/health`.
 //!
 //! A mutation writes to the [`BookStore`] and returns: nothing here publishes events.
 
+pub mod dynamo;
 pub mod error;
 pub mod router;
 pub mod schema;

@@ -2,9 +2,9 @@
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::GraphQL;
-use axum::Router;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{MethodFilter, get, on_service};
+use axum::{Extension, Router};
 
 use crate::schema::ApiSchema;
 
@@ -22,10 +22,19 @@ pub fn router(schema: ApiSchema) -> Router {
         .route("/health", get(health))
 }
 
-async fn graphiql() -> impl IntoResponse {
+/// The path prefix the API is served under, when it is not the root: behind an API Gateway
+/// stage, say, which the Lambda adds as a request extension so GraphiQL's links point home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasePath(pub String);
+
+async fn graphiql(base: Option<Extension<BasePath>>) -> impl IntoResponse {
+    let base = base
+        .map(|Extension(BasePath(path))| path)
+        .unwrap_or_default();
+    let endpoint = format!("{}/graphql", base.trim_end_matches('/'));
     Html(
         GraphiQLSource::build()
-            .endpoint("/graphql")
+            .endpoint(&endpoint)
             .title("outboxdemo")
             .finish(),
     )

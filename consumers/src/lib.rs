@@ -2,12 +2,15 @@
 //!
 //! - [`book_added`], [`book_removed`]: one module per consumer, each a [`Consumer`] and the
 //!   handler its Lambda and the local bus call.
+//! - [`dynamo`]: [`dynamo::DynamoActivityStore`], the store the consumer Lambdas use.
+//! - [`run`]: the whole of a consumer Lambda's `main`, given its [`Consumer`].
 //! - [`store`]: the [`ActivityStore`] port. Recording an activity entry is both a consumer's
 //!   visible effect and its idempotency record: the entry is keyed by the event's
 //!   `metadata.eventId`, so a redelivered event has no second effect.
 
 pub mod book_added;
 pub mod book_removed;
+pub mod dynamo;
 pub mod store;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -59,6 +62,21 @@ impl ConsumerError {
     }
 }
 
+/// What Lambda reports for a failed invocation: the kind of failure and its message.
+impl From<ConsumerError> for lambda_runtime::Diagnostic {
+    fn from(error: ConsumerError) -> Self {
+        let error_type = match &error {
+            ConsumerError::UnexpectedEvent { .. } => "UnexpectedEvent",
+            ConsumerError::MalformedDetail(_) => "MalformedDetail",
+            ConsumerError::Store(_) => "ActivityStoreFailed",
+        };
+        Self {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 impl Consumer {
     /// Reacts to one event delivered by the bus: checks that it is this consumer's, reads the
     /// envelope and records the activity entry (once per event id).
@@ -98,6 +116,35 @@ impl Consumer {
         }
         Ok(recorded)
     }
+}
+
+/// Configuration of a consumer Lambda, from the environment.
+#[derive(Debug, clap::Parser)]
+struct LambdaConfig {
+    /// The activity table.
+    #[arg(long, env = "ACTIVITY_TABLE_NAME")]
+    activity_table_name: String,
+}
+
+/// Runs `consumer` as a Lambda on EventBridge events: reads its configuration, builds the
+/// DynamoDB client once, and serves invocations. An error fails the invocation, so Lambda
+/// retries it and finally sends it to the function's on-failure destination.
+pub async fn run(consumer: Consumer) -> Result<(), lambda_runtime::Error> {
+    use clap::Parser as _;
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = LambdaConfig::try_parse()?;
+    let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
+    let store = dynamo::DynamoActivityStore::new(client, config.activity_table_name);
+    let store = &store;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<EventBridgeEvent<Value>>| async move {
+            consumer
+                .handle(event.payload, store)
+                .await
+                .map(|recorded| serde_json::json!({"recorded": recorded == Recorded::New}))
+        },
+    ))
+    .await
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use serde_dynamo::{AttributeValue, Item};
 
+use crate::activity::ActivityEntry;
 use crate::book::{Book, BookName, InvalidBook};
 
 /// The name of the table's partition key attribute.
@@ -68,6 +69,49 @@ pub fn name_from_key(key: &Item) -> Result<BookName, ItemError> {
     }
 }
 
+/// The activity table's index attribute that every entry shares, so that one query lists the
+/// entries in order (`byPosition`: partition `feed`, sort `position`).
+pub const ACTIVITY_FEED: &str = "activity";
+
+/// An activity entry's place in the feed: its processing time (fixed-width RFC 3339, so text
+/// order is time order) and its event id, which makes it unique.
+pub fn activity_position(entry: &ActivityEntry) -> String {
+    format!(
+        "{}#{}",
+        entry
+            .processed_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        entry.event_id
+    )
+}
+
+/// The event id inside a position made by [`activity_position`].
+pub fn event_id_of_position(position: &str) -> Option<&str> {
+    position
+        .rsplit_once('#')
+        .map(|(_, event_id)| event_id)
+        .filter(|id| !id.is_empty())
+}
+
+/// Encodes an activity entry as its item: the entry's fields, plus `feed` and `position`.
+pub fn activity_to_item(entry: &ActivityEntry) -> Result<Item, ItemError> {
+    let mut item: Item = serde_dynamo::to_item(entry)?;
+    item.insert(
+        "feed".to_owned(),
+        AttributeValue::S(ACTIVITY_FEED.to_owned()),
+    );
+    item.insert(
+        "position".to_owned(),
+        AttributeValue::S(activity_position(entry)),
+    );
+    Ok(item)
+}
+
+/// Decodes an activity entry from its item.
+pub fn activity_from_item(item: Item) -> Result<ActivityEntry, ItemError> {
+    Ok(serde_dynamo::from_item(item)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +142,33 @@ mod tests {
     fn round_trips() {
         assert_eq!(from_item(to_item(&dune())).unwrap(), dune());
         assert_eq!(name_from_key(&key(&dune().name)).unwrap(), dune().name);
+    }
+
+    #[test]
+    fn activity_entries_round_trip_with_their_feed_position() {
+        let entry = ActivityEntry {
+            event_id: "e1".into(),
+            detail_type: crate::DetailType::Removed,
+            consumer: "book-removed".into(),
+            book: crate::BookSnapshot::name_only(BookName::parse("Dune").unwrap()),
+            processed_at: "2024-05-01T12:00:00.5Z".parse().unwrap(),
+        };
+        let item = activity_to_item(&entry).unwrap();
+        assert_eq!(
+            item["position"],
+            AttributeValue::S("2024-05-01T12:00:00.500Z#e1".into())
+        );
+        assert_eq!(item["feed"], AttributeValue::S("activity".into()));
+        assert_eq!(
+            item["detailType"],
+            AttributeValue::S("outboxdemo.removed".into())
+        );
+        assert_eq!(activity_from_item(item).unwrap(), entry);
+        assert_eq!(
+            event_id_of_position("2024-05-01T12:00:00.500Z#e1"),
+            Some("e1")
+        );
+        assert_eq!(event_id_of_position("nonsense"), None);
     }
 
     #[test]

@@ -4,15 +4,18 @@
 //!   cannot be mapped.
 //! - [`publisher`]: the [`EventPublisher`] port that events leave through (EventBridge on
 //!   AWS, the local bus in the local stack).
+//! - [`eventbridge`]: [`EventBridgePublisher`], the publisher the processor Lambda uses.
 //! - [`handle_batch`]: the function the processor Lambda and the local stream reader both call:
 //!   a batch in, `batchItemFailures` out.
 
+pub mod eventbridge;
 pub mod mapping;
 pub mod publisher;
 
 use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 
+pub use eventbridge::EventBridgePublisher;
 pub use mapping::{MappingError, OutboxEvent, map_record};
 pub use publisher::{EventPublisher, PublishError};
 

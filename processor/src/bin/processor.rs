@@ -1,0 +1,27 @@
+//! The `processor` Lambda: DynamoDB stream batches in, EventBridge events out.
+
+use aws_lambda_events::dynamodb::Event;
+use clap::Parser;
+use lambda_runtime::{LambdaEvent, service_fn};
+use processor::EventBridgePublisher;
+
+/// Configuration, from the environment.
+#[derive(Debug, Parser)]
+struct Config {
+    /// The event bus to publish to.
+    #[arg(long, env = "EVENT_BUS_NAME", default_value = domain::event::DEFAULT_EVENT_BUS_NAME)]
+    event_bus_name: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::try_parse()?;
+    let client = aws_sdk_eventbridge::Client::new(&aws_config::load_from_env().await);
+    let publisher = EventBridgePublisher::new(client, config.event_bus_name);
+    let publisher = &publisher;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| async move {
+        Ok::<_, lambda_runtime::Error>(processor::handle_batch(event.payload, publisher).await)
+    }))
+    .await
+}

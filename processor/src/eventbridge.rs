@@ -1,0 +1,228 @@
+//! The EventBridge adapter of [`EventPublisher`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_eventbridge::Client;
+use aws_sdk_eventbridge::error::DisplayErrorContext;
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+
+use crate::mapping::OutboxEvent;
+use crate::publisher::{EventPublisher, PublishError};
+
+/// The most entries one `PutEvents` call takes.
+pub const MAX_ENTRIES_PER_CALL: usize = 10;
+/// The largest `PutEvents` request, by EventBridge's reckoning of entry sizes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Publishes to an EventBridge bus: in order, in calls of at most ten entries and 256 KiB,
+/// checking every entry's result and retrying the failed ones with backoff and jitter.
+#[derive(Debug, Clone)]
+pub struct EventBridgePublisher {
+    client: Client,
+    bus_name: String,
+    max_attempts: u32,
+    first_backoff: Duration,
+}
+
+impl EventBridgePublisher {
+    /// A publisher to the bus named `bus_name`, trying each entry up to 3 times.
+    pub fn new(client: Client, bus_name: impl Into<String>) -> Self {
+        Self {
+            client,
+            bus_name: bus_name.into(),
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// The entry for one event.
+    pub fn entry(&self, event: &OutboxEvent) -> Result<PutEventsRequestEntry, serde_json::Error> {
+        Ok(PutEventsRequestEntry::builder()
+            .event_bus_name(&self.bus_name)
+            .source(event.source())
+            .detail_type(event.detail_type.as_str())
+            .detail(event.detail_json()?)
+            .build())
+    }
+
+    /// Puts `entries` in order. On failure, names the first entry that is not on the bus;
+    /// every entry before it is. Calls stop at the first call that cannot be completed, so
+    /// nothing after a failed entry's call is sent.
+    pub async fn put_entries(
+        &self,
+        entries: Vec<PutEventsRequestEntry>,
+    ) -> Result<(), PublishError> {
+        let mut offset = 0;
+        for chunk in chunks(entries) {
+            let len = chunk.len();
+            self.put_chunk(chunk)
+                .await
+                .map_err(|(index, reason)| PublishError {
+                    first_failed: offset + index,
+                    reason,
+                })?;
+            offset += len;
+        }
+        Ok(())
+    }
+
+    /// Puts one call's worth of entries, retrying what fails; on failure the index of the
+    /// first entry that could not be put.
+    async fn put_chunk(&self, chunk: Vec<PutEventsRequestEntry>) -> Result<(), (usize, String)> {
+        // (index in chunk, entry) of the entries still to put.
+        let mut pending: Vec<(usize, PutEventsRequestEntry)> =
+            chunk.into_iter().enumerate().collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (indexes, entries): (Vec<usize>, Vec<PutEventsRequestEntry>) =
+                pending.iter().cloned().unzip();
+            let failed: Vec<(usize, String)> = match self
+                .client
+                .put_events()
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                // Results come back in request order, one per entry.
+                Ok(output) => output
+                    .entries()
+                    .iter()
+                    .zip(&indexes)
+                    .filter_map(|(result, index)| {
+                        result.error_code().map(|code| {
+                            (
+                                *index,
+                                format!("{code}: {}", result.error_message().unwrap_or_default()),
+                            )
+                        })
+                    })
+                    .collect(),
+                Err(error) => {
+                    let reason = DisplayErrorContext(error).to_string();
+                    indexes
+                        .iter()
+                        .map(|index| (*index, reason.clone()))
+                        .collect()
+                }
+            };
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if attempt >= self.max_attempts {
+                let (index, reason) = failed
+                    .into_iter()
+                    .min_by_key(|(index, _)| *index)
+                    .unwrap_or_default();
+                return Err((index, reason));
+            }
+            tracing::warn!(
+                failed = failed.len(),
+                attempt,
+                "PutEvents entries failed; retrying them"
+            );
+            pending.retain(|(index, _)| failed.iter().any(|(failed, _)| failed == index));
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    /// Exponential backoff with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .first_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+#[async_trait]
+impl EventPublisher for EventBridgePublisher {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        let mut entries = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            match self.entry(event) {
+                Ok(entry) => entries.push(entry),
+                Err(error) => {
+                    // Publish what comes before it, then report it.
+                    self.put_entries(entries).await?;
+                    return Err(PublishError {
+                        first_failed: index,
+                        reason: error.to_string(),
+                    });
+                }
+            }
+        }
+        self.put_entries(entries).await
+    }
+}
+
+/// An entry's size as EventBridge counts it against the request limit.
+pub fn entry_size(entry: &PutEventsRequestEntry) -> usize {
+    let text = |s: Option<&str>| s.map_or(0, str::len);
+    let time = if entry.time().is_some() { 14 } else { 0 };
+    time + text(entry.source())
+        + text(entry.detail_type())
+        + text(entry.detail())
+        + entry.resources().iter().map(String::len).sum::<usize>()
+}
+
+/// Splits entries, in order, into calls of at most [`MAX_ENTRIES_PER_CALL`] entries and
+/// [`MAX_REQUEST_BYTES`]. (An entry too big on its own goes alone, and EventBridge refuses it.)
+pub fn chunks(entries: Vec<PutEventsRequestEntry>) -> Vec<Vec<PutEventsRequestEntry>> {
+    let mut chunks: Vec<Vec<PutEventsRequestEntry>> = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry_size(&entry);
+        match chunks.last_mut() {
+            Some(chunk)
+                if chunk.len() < MAX_ENTRIES_PER_CALL && bytes + size <= MAX_REQUEST_BYTES =>
+            {
+                bytes += size;
+                chunk.push(entry);
+            }
+            _ => {
+                bytes = size;
+                chunks.push(vec![entry]);
+            }
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(detail_bytes: usize) -> PutEventsRequestEntry {
+        PutEventsRequestEntry::builder()
+            .source("s")
+            .detail_type("d")
+            .detail("x".repeat(detail_bytes))
+            .build()
+    }
+
+    #[test]
+    fn chunks_hold_at_most_ten_entries_in_order() {
+        let entries: Vec<_> = (0..25).map(|i| entry(i)).collect();
+        let sizes: Vec<_> = chunks(entries).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        let flattened: Vec<_> = chunks((0..25).map(|i| entry(i)).collect())
+            .into_iter()
+            .flatten()
+            .map(|e| e.detail().unwrap().len())
+            .collect();
+        assert_eq!(flattened, (0..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_request_size_limit() {
+        let big = 100 * 1024;
+        let sizes: Vec<_> = chunks(vec![entry(big), entry(big), entry(big), entry(10)])
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [2, 2]);
+        assert!(chunks(Vec::new()).is_empty());
+    }
+}

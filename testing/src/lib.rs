@@ -1,0 +1,16 @@
+//! Test support for outboxdemo's AWS code paths, shared by the crates' integration tests.
+//!
+//! - [`moto`]: the AWS API emulator the test command starts (`AWS_ENDPOINT_URL`), SDK
+//!   configuration for it, and unique resource names so tests can share one emulator.
+//! - [`tables`]: the books and activity tables as the template declares them.
+//! - [`streams`]: reads a table's DynamoDB stream back through the Streams API and presents
+//!   the records as the Lambda event the processor gets, as Lambda's event source mapping does.
+//! - [`template`]: reads `template.yaml`, so tests use the very rule patterns that deploy.
+//! - [`runtime`]: a Lambda Runtime API on 127.0.0.1 that runs a Lambda binary for real and
+//!   invokes it with events.
+
+pub mod moto;
+pub mod runtime;
+pub mod streams;
+pub mod tables;
+pub mod template;

@@ -1,0 +1,71 @@
+//! The tables, as `template.yaml` declares them.
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+
+fn attribute(name: &str) -> anyhow::Result<AttributeDefinition> {
+    Ok(AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()?)
+}
+
+fn key(name: &str, key_type: KeyType) -> anyhow::Result<KeySchemaElement> {
+    Ok(KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()?)
+}
+
+/// Creates a books table (key `name`, stream with new and old images); returns its stream ARN.
+pub async fn create_books_table(client: &Client, table: &str) -> anyhow::Result<String> {
+    let output = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute("name")?)
+        .key_schema(key("name", KeyType::Hash)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
+        .send()
+        .await?;
+    output
+        .table_description()
+        .and_then(|t| t.latest_stream_arn())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the books table has no stream"))
+}
+
+/// Creates an activity table (key `eventId`, index `byPosition` on `feed` + `position`).
+pub async fn create_activity_table(client: &Client, table: &str) -> anyhow::Result<()> {
+    client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute("eventId")?)
+        .attribute_definitions(attribute("feed")?)
+        .attribute_definitions(attribute("position")?)
+        .key_schema(key("eventId", KeyType::Hash)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("byPosition")
+                .key_schema(key("feed", KeyType::Hash)?)
+                .key_schema(key("position", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await?;
+    Ok(())
+}

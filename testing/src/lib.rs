@@ -1,5 +1,6 @@
 //! Test support for outboxdemo's AWS code paths, shared by the crates' integration tests.
 //!
+//! - [`bus`]: an event bus with the template's rules, each delivering to a queue to read.
 //! - [`moto`]: the AWS API emulator the test command starts (`AWS_ENDPOINT_URL`), SDK
 //!   configuration for it, and unique resource names so tests can share one emulator.
 //! - [`tables`]: the books and activity tables as the template declares them.
@@ -9,6 +10,7 @@
 //! - [`runtime`]: a Lambda Runtime API on 127.0.0.1 that runs a Lambda binary for real and
 //!   invokes it with events.
 
+pub mod bus;
 pub mod moto;
 pub mod runtime;
 pub mod streams;

@@ -42,6 +42,7 @@ pub struct LambdaHarness {
     shared: Arc<Shared>,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
     server: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +90,7 @@ impl LambdaHarness {
             .spawn()
             .with_context(|| format!("cannot start {binary}"))?;
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -103,19 +105,20 @@ impl LambdaHarness {
         .flatten()
         {
             let logs = Arc::clone(&logs);
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Ok(mut logs) = logs.lock() {
                         logs.push(line);
                     }
                 }
-            });
+            }));
         }
         Ok(Self {
             shared,
             child,
             logs,
+            readers,
             started,
             server,
         })
@@ -135,6 +138,10 @@ impl LambdaHarness {
             tokio::select! {
                 result = &mut outcome => return Ok(result?),
                 status = self.child.wait() => {
+                    // The process is gone: read what it printed to the end.
+                    for reader in self.readers.drain(..) {
+                        let _ = reader.await;
+                    }
                     let init = lock(&self.shared.init_error)?.clone();
                     anyhow::bail!("the function exited ({:?}), init error {init:?}; logs:\n{}", status?, self.logs().join("\n"));
                 }

@@ -27,13 +27,35 @@ async fn main() -> Result<(), lambda_http::Error> {
     let books = Arc::new(DynamoBookStore::new(client.clone(), config.table_name));
     let activity = Arc::new(DynamoActivityFeed::new(client, config.activity_table_name));
     let router = api::router(api::build_schema(books, activity));
-    let app = router.map_request(|mut request: Request| {
-        if let Some(base) = stage_path(&request) {
-            request.extensions_mut().insert(BasePath(base));
+    lambda_http::run(router.map_request(serve_under_stage)).await
+}
+
+/// API Gateway serves a named stage under `/<stage>` and lambda_http keeps that prefix in the
+/// path. The router's routes are at the root, so the prefix is taken off here and handed on
+/// as [`BasePath`], for the links GraphiQL makes.
+fn serve_under_stage(mut request: Request) -> Request {
+    let Some(base) = stage_path(&request) else {
+        return request;
+    };
+    let uri = request.uri();
+    if let Some(rest) = uri.path().strip_prefix(base.as_str())
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let path = if rest.is_empty() { "/" } else { rest };
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        if let Ok(path_and_query) = path_and_query.parse() {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(stripped) = lambda_http::http::Uri::from_parts(parts) {
+                *request.uri_mut() = stripped;
+            }
         }
-        request
-    });
-    lambda_http::run(app).await
+    }
+    request.extensions_mut().insert(BasePath(base));
+    request
 }
 
 /// `/<stage>` when API Gateway serves the API under a named stage (not `$default`).

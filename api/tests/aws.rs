@@ -1,0 +1,321 @@
+//! The API on AWS, against the moto emulator: the router over HTTP on the DynamoDB adapters,
+//! and the `api` Lambda binary driven through the Lambda Runtime API with API Gateway events.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::sync::Arc;
+
+use api::dynamo::{DynamoActivityFeed, DynamoBookStore};
+use domain::item;
+use domain::{ActivityEntry, BookName, BookSnapshot, DetailType};
+use serde_json::{Value, json};
+use testing::moto;
+use testing::runtime::{LambdaHarness, Outcome};
+
+struct Tables {
+    client: aws_sdk_dynamodb::Client,
+    books: String,
+    activity: String,
+}
+
+async fn tables(endpoint: &str) -> Tables {
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(endpoint).await);
+    let books = moto::unique("books");
+    let activity = moto::unique("activity");
+    testing::tables::create_books_table(&client, &books)
+        .await
+        .unwrap();
+    testing::tables::create_activity_table(&client, &activity)
+        .await
+        .unwrap();
+    Tables {
+        client,
+        books,
+        activity,
+    }
+}
+
+/// Serves the router on the DynamoDB adapters on a free port; returns its `/graphql` URL.
+async fn serve(tables: &Tables) -> String {
+    let books = Arc::new(DynamoBookStore::new(tables.client.clone(), &tables.books));
+    let activity = Arc::new(DynamoActivityFeed::new(
+        tables.client.clone(),
+        &tables.activity,
+    ));
+    let app = api::router(api::build_schema(books, activity));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/graphql")
+}
+
+async fn graphql(url: &str, query: &str, variables: Value) -> Value {
+    reqwest::Client::new()
+        .post(url)
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+const ADD: &str =
+    "mutation($input: AddBookInput!) { addBook(input: $input) { name authors publishedYear } }";
+
+#[tokio::test]
+async fn the_router_on_dynamodb_adds_conflicts_pages_gets_and_removes() {
+    let Some(endpoint) = moto::endpoint() else {
+        return;
+    };
+    let tables = tables(&endpoint).await;
+    let url = serve(&tables).await;
+
+    let names = ["Dune", "Emma", "Beloved", "Ulysses", "Arcadia"];
+    for (i, name) in names.iter().enumerate() {
+        let body = graphql(
+            &url,
+            ADD,
+            json!({"input": {"name": name, "authors": ["A", "B"], "publishedYear": 1900 + i}}),
+        )
+        .await;
+        assert_eq!(body["data"]["addBook"]["name"], *name, "{body}");
+    }
+    let conflict = graphql(
+        &url,
+        ADD,
+        json!({"input": {"name": "Dune", "authors": ["X"], "publishedYear": 2000}}),
+    )
+    .await;
+    assert_eq!(code(&conflict), "CONFLICT", "{conflict}");
+    let dune = graphql(
+        &url,
+        r#"{ book(name: "Dune") { authors publishedYear } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        dune["data"]["book"],
+        json!({"authors": ["A", "B"], "publishedYear": 1900}),
+        "the conflict changed nothing"
+    );
+
+    // Two at a time: every book exactly once, and the last page says so.
+    let mut seen = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let body = graphql(
+            &url,
+            "query($after: String) { books(first: 2, after: $after) { edges { node { name } } pageInfo { hasNextPage endCursor } } }",
+            json!({"after": after}),
+        )
+        .await;
+        let books = &body["data"]["books"];
+        seen.extend(
+            books["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"]["name"].as_str().unwrap().to_owned()),
+        );
+        if !books["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            break;
+        }
+        after = books["pageInfo"]["endCursor"].clone();
+    }
+    seen.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    let removed = graphql(
+        &url,
+        r#"mutation { removeBook(name: "Emma") { name publishedYear } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        removed["data"]["removeBook"],
+        json!({"name": "Emma", "publishedYear": 1901})
+    );
+    let again = graphql(
+        &url,
+        r#"mutation { removeBook(name: "Emma") { name } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&again), "NOT_FOUND", "{again}");
+    let gone = graphql(&url, r#"{ book(name: "Emma") { name } }"#, json!({})).await;
+    assert_eq!(gone["data"]["book"], Value::Null);
+}
+
+#[tokio::test]
+async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages() {
+    let Some(endpoint) = moto::endpoint() else {
+        return;
+    };
+    let tables = tables(&endpoint).await;
+    let url = serve(&tables).await;
+    let start = chrono::Utc::now();
+    for i in 0..5 {
+        let entry = ActivityEntry {
+            event_id: format!("event-{i}"),
+            detail_type: DetailType::Added,
+            consumer: "book-added".into(),
+            book: BookSnapshot::name_only(BookName::parse(&format!("Book {i}")).unwrap()),
+            processed_at: start + chrono::Duration::seconds(i),
+        };
+        let item = item::activity_to_item(&entry).unwrap();
+        tables
+            .client
+            .put_item()
+            .table_name(&tables.activity)
+            .set_item(Some(item.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let body = graphql(
+            &url,
+            "query($after: String) { activity(first: 2, after: $after) { edges { node { eventId bookName } } pageInfo { hasNextPage endCursor } } }",
+            json!({"after": after}),
+        )
+        .await;
+        let page = &body["data"]["activity"];
+        seen.extend(
+            page["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"]["eventId"].as_str().unwrap().to_owned()),
+        );
+        if !page["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            break;
+        }
+        after = page["pageInfo"]["endCursor"].clone();
+    }
+    assert_eq!(
+        seen,
+        ["event-4", "event-3", "event-2", "event-1", "event-0"]
+    );
+}
+
+fn http_event(method: &str, stage: &str, path: &str, body: Option<Value>) -> Value {
+    let mut event: Value =
+        serde_json::from_str(include_str!("fixtures/http-api-request.json")).unwrap();
+    event["rawPath"] = json!(path);
+    event["requestContext"]["http"]["method"] = json!(method);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event["requestContext"]["stage"] = json!(stage);
+    event["body"] = json!(body.map(|b| b.to_string()).unwrap_or_default());
+    event
+}
+
+fn response_body(outcome: Outcome) -> (u16, String) {
+    let Outcome::Response(response) = outcome else {
+        panic!("{outcome:?}")
+    };
+    (
+        response["statusCode"].as_u64().unwrap() as u16,
+        response["body"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
+    let Some(endpoint) = moto::endpoint() else {
+        return;
+    };
+    let tables = tables(&endpoint).await;
+    let env = [
+        ("TABLE_NAME", tables.books.as_str()),
+        ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
+    ];
+    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
+        .await
+        .unwrap();
+
+    let add = json!({"query": ADD, "variables": {"input": {"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965}}});
+    let (status, body) = response_body(
+        lambda
+            .invoke(http_event("POST", "$default", "/graphql", Some(add)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["data"]["addBook"],
+        json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965})
+    );
+    let stored = tables
+        .client
+        .get_item()
+        .table_name(&tables.books)
+        .key(
+            "name",
+            aws_sdk_dynamodb::types::AttributeValue::S("Dune".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        stored.item.is_some(),
+        "the Lambda wrote to the table it was configured with"
+    );
+
+    // Under a named stage, GraphQL answers at /<stage>/graphql and GraphiQL points there.
+    let query = json!({"query": r#"{ book(name: "Dune") { publishedYear } }"#});
+    let (status, body) = response_body(
+        lambda
+            .invoke(http_event("POST", "prod", "/prod/graphql", Some(query)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap()["data"]["book"]["publishedYear"].clone()
+        ),
+        (200, json!(1965))
+    );
+    let (status, html) = response_body(
+        lambda
+            .invoke(http_event("GET", "prod", "/prod/", None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(status, 200);
+    assert!(html.contains("createUrl('/prod/graphql')"), "{html}");
+    let (_, html) = response_body(
+        lambda
+            .invoke(http_event("GET", "$default", "/", None))
+            .await
+            .unwrap(),
+    );
+    assert!(html.contains("createUrl('/graphql')"), "{html}");
+}
+
+#[tokio::test]
+async fn the_api_lambda_without_configuration_names_what_is_missing() {
+    let Some(_endpoint) = moto::endpoint() else {
+        return;
+    };
+    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &[])
+        .await
+        .unwrap();
+    let error = lambda
+        .invoke(http_event("GET", "$default", "/health", None))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("TABLE_NAME"), "{error}");
+}

@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::{BookEvent, EventHub};
 use async_trait::async_trait;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use consumers::{ActivityStore, Consumer};
+use domain::event::{DetailType, Envelope};
 use processor::{EventPublisher, OutboxEvent, PublishError};
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
@@ -75,6 +77,43 @@ impl Target for ConsumerTarget {
                 retryable: e.is_retryable(),
                 message: e.to_string(),
             })
+    }
+}
+
+/// The GraphQL subscriptions as a bus target: every event of the processor goes to the
+/// [`EventHub`], which hands it to the subscribers without waiting for any of them.
+#[derive(Debug, Clone)]
+pub struct SubscriptionTarget {
+    hub: EventHub,
+}
+
+impl SubscriptionTarget {
+    /// The route for subscriptions: every detail type of the processor's events, to `hub`.
+    pub fn route(hub: EventHub) -> Route {
+        Route {
+            name: "subscriptions".to_owned(),
+            source: domain::event::SOURCE.to_owned(),
+            detail_types: DetailType::ALL
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+            target: Arc::new(Self { hub }),
+        }
+    }
+}
+
+#[async_trait]
+impl Target for SubscriptionTarget {
+    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+        let malformed = |message: String| DeliveryError {
+            retryable: false,
+            message,
+        };
+        let detail_type = DetailType::parse(&event.detail_type)
+            .ok_or_else(|| malformed(format!("unknown detail type {:?}", event.detail_type)))?;
+        let envelope = Envelope::from_detail(event.detail).map_err(|e| malformed(e.to_string()))?;
+        self.hub.publish(BookEvent::new(detail_type, envelope));
+        Ok(())
     }
 }
 

@@ -42,6 +42,9 @@ struct ServeArgs {
     /// Keep everything in memory instead (gone when the process stops).
     #[arg(long, env = "OUTBOXDEMO_IN_MEMORY", conflicts_with = "data_dir")]
     in_memory: bool,
+    /// Seconds between keep-alive pings on idle subscription connections.
+    #[arg(long, env = "OUTBOXDEMO_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive_secs: u64,
     /// The event bus name.
     #[arg(long, env = "EVENT_BUS_NAME", default_value = domain::event::DEFAULT_EVENT_BUS_NAME)]
     event_bus_name: String,
@@ -77,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("GraphiQL: http://{address}/  GraphQL: http://{address}/graphql");
     let mut settings = Settings::new(storage);
     settings.event_bus_name = args.event_bus_name;
+    settings.keepalive = std::time::Duration::from_secs(args.keepalive_secs);
     stack::run(listener, settings, shutdown_signal()).await
 }
 

@@ -1,15 +1,18 @@
 //! Wiring: the embedded store, the stream reader running the processor, the local bus with
-//! the consumers as targets, and the API, in one process.
+//! the consumers and the subscriptions as targets, and the API, in one process.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use api::EventHub;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{DeliveryOptions, LocalBus, Route};
+use crate::bus::{DeliveryOptions, LocalBus, Route, SubscriptionTarget};
 use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore};
 use crate::stream::{Processor, ReaderOptions, StreamReader};
 
@@ -33,6 +36,10 @@ pub struct Settings {
     pub reader: ReaderOptions,
     /// How the bus retries deliveries.
     pub delivery: DeliveryOptions,
+    /// How many events a subscriber may fall behind before its subscription is ended.
+    pub subscriber_buffer: usize,
+    /// How often idle subscription connections are pinged.
+    pub keepalive: Duration,
 }
 
 impl Settings {
@@ -43,6 +50,8 @@ impl Settings {
             event_bus_name: domain::event::DEFAULT_EVENT_BUS_NAME.to_owned(),
             reader: ReaderOptions::default(),
             delivery: DeliveryOptions::default(),
+            subscriber_buffer: api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER,
+            keepalive: api::router::DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -69,9 +78,11 @@ pub async fn run(
     let books = Arc::new(EmbeddedBookStore::new(Arc::clone(&db)));
     let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(&db)));
 
+    let hub = EventHub::new(settings.subscriber_buffer);
     let routes = consumers::ALL
         .into_iter()
         .map(|consumer| Route::consumer(consumer, activity.clone()))
+        .chain([SubscriptionTarget::route(hub.clone())])
         .collect();
     let bus = Arc::new(LocalBus::new(
         Arc::clone(&db),
@@ -86,8 +97,8 @@ pub async fn run(
     let reader = StreamReader::new(Arc::clone(&db), Processor(bus), settings.reader.clone());
     tasks.spawn(reader.run(stop.clone()));
 
-    let schema = api::build_schema(books, activity);
-    let app = api::router(schema);
+    let schema = api::build_schema(books, activity, hub);
+    let app = api::router::router_with(schema, settings.keepalive);
     tracing::info!(address = %listener.local_addr()?, storage = ?settings.storage, "serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

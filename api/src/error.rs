@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A subscriber fell this many events behind; its subscription is ended.
+    #[error("this subscription fell {0} events behind and was ended; subscribe again")]
+    SubscriptionLagged(u64),
     /// Something failed on our side; the cause was logged and is not shown.
     #[error("internal error")]
     Internal,
@@ -42,6 +45,7 @@ impl ApiError {
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::Conflict(_) => "CONFLICT",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::SubscriptionLagged(_) => "SUBSCRIPTION_LAGGED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -4,6 +4,7 @@
 //!   [`ActivityFeed`] (what consumers recorded). The embedded store and the DynamoDB adapters
 //!   implement them.
 //! - [`schema`]: queries and mutations; build it with [`build_schema`].
+//! - [`subscriptions`]: the subscription root and [`EventHub`], which a bus target feeds.
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
 //! - [`dynamo`]: the DynamoDB adapters of those ports, used by the `api` Lambda.
@@ -16,8 +17,10 @@ pub mod error;
 pub mod router;
 pub mod schema;
 pub mod store;
+pub mod subscriptions;
 
 pub use error::{ApiError, ErrorCodes};
 pub use router::router;
 pub use schema::{ApiSchema, build_schema, sdl};
 pub use store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
+pub use subscriptions::{BookEvent, EventHub};

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{
-    Context, EmptySubscription, Enum, ID, InputObject, Object, Schema, SchemaBuilder,
-};
+use async_graphql::{Context, Enum, ID, InputObject, Object, Schema, SchemaBuilder};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -13,22 +11,27 @@ use domain::{ActivityEntry, Authors, Book, BookName, DetailType, PublishedYear};
 
 use crate::error::{ApiError, ErrorCodes, resolve};
 use crate::store::{ActivityFeed, BookStore};
+use crate::subscriptions::{EventHub, SubscriptionRoot};
 
 /// The executable schema.
-pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// The page size when `first` is not given.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// The largest page a client may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
 
-fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription).extension(ErrorCodes)
+fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot).extension(ErrorCodes)
 }
 
-/// Builds the schema over the given stores.
-pub fn build_schema(books: Arc<dyn BookStore>, activity: Arc<dyn ActivityFeed>) -> ApiSchema {
-    builder().data(books).data(activity).finish()
+/// Builds the schema over the given stores, with subscriptions fed by `events`.
+pub fn build_schema(
+    books: Arc<dyn BookStore>,
+    activity: Arc<dyn ActivityFeed>,
+    events: EventHub,
+) -> ApiSchema {
+    builder().data(books).data(activity).data(events).finish()
 }
 
 /// The schema in SDL, as checked in at `schema.graphql`.
@@ -37,7 +40,7 @@ pub fn sdl() -> String {
 }
 
 /// A book.
-struct BookNode(Book);
+pub(crate) struct BookNode(pub(crate) Book);
 
 #[Object(name = "Book")]
 impl BookNode {
@@ -96,6 +99,16 @@ impl From<DetailType> for BookEventType {
             DetailType::Added => Self::Added,
             DetailType::Removed => Self::Removed,
             DetailType::Updated => Self::Updated,
+        }
+    }
+}
+
+impl From<BookEventType> for DetailType {
+    fn from(event_type: BookEventType) -> Self {
+        match event_type {
+            BookEventType::Added => Self::Added,
+            BookEventType::Removed => Self::Removed,
+            BookEventType::Updated => Self::Updated,
         }
     }
 }

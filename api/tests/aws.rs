@@ -42,7 +42,7 @@ async fn serve(tables: &Tables) -> String {
         tables.client.clone(),
         &tables.activity,
     ));
-    let app = api::router(api::build_schema(books, activity));
+    let app = api::router(api::build_schema(books, activity, api::EventHub::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

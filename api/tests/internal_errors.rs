@@ -40,7 +40,11 @@ impl ActivityFeed for BrokenStore {
 
 #[tokio::test]
 async fn storage_failures_are_internal_and_say_nothing_of_their_cause() {
-    let schema = api::build_schema(Arc::new(BrokenStore), Arc::new(BrokenStore));
+    let schema = api::build_schema(
+        Arc::new(BrokenStore),
+        Arc::new(BrokenStore),
+        api::EventHub::default(),
+    );
     for query in [
         r#"mutation { addBook(input: {name: "Dune", authors: ["Frank Herbert"], publishedYear: 1965}) { name } }"#,
         r#"mutation { removeBook(name: "Dune") { name } }"#,

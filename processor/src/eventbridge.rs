@@ -204,10 +204,10 @@ mod tests {
 
     #[test]
     fn chunks_hold_at_most_ten_entries_in_order() {
-        let entries: Vec<_> = (0..25).map(|i| entry(i)).collect();
+        let entries: Vec<_> = (0..25).map(entry).collect();
         let sizes: Vec<_> = chunks(entries).iter().map(Vec::len).collect();
         assert_eq!(sizes, [10, 10, 5]);
-        let flattened: Vec<_> = chunks((0..25).map(|i| entry(i)).collect())
+        let flattened: Vec<_> = chunks((0..25).map(entry).collect())
             .into_iter()
             .flatten()
             .map(|e| e.detail().unwrap().len())

@@ -131,21 +131,22 @@ impl LambdaHarness {
         lock(&self.shared.waiting)?.insert(id.clone(), done);
         lock(&self.shared.queue)?.push_back((id, event));
         self.shared.queued.notify_one();
-        let deadline = tokio::time::sleep(Duration::from_secs(30));
-        tokio::pin!(deadline);
-        let mut outcome = outcome;
-        loop {
-            tokio::select! {
-                result = &mut outcome => return Ok(result?),
-                status = self.child.wait() => {
-                    // The process is gone: read what it printed to the end.
-                    for reader in self.readers.drain(..) {
-                        let _ = reader.await;
-                    }
-                    let init = lock(&self.shared.init_error)?.clone();
-                    anyhow::bail!("the function exited ({:?}), init error {init:?}; logs:\n{}", status?, self.logs().join("\n"));
+        tokio::select! {
+            result = outcome => Ok(result?),
+            status = self.child.wait() => {
+                // The process is gone: read what it printed to the end.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.await;
                 }
-                () = &mut deadline => anyhow::bail!("no answer in 30 s; logs:\n{}", self.logs().join("\n")),
+                let init = lock(&self.shared.init_error)?.clone();
+                anyhow::bail!(
+                    "the function exited ({:?}), init error {init:?}; logs:\n{}",
+                    status?,
+                    self.logs().join("\n")
+                );
+            }
+            () = tokio::time::sleep(Duration::from_secs(30)) => {
+                anyhow::bail!("no answer in 30 s; logs:\n{}", self.logs().join("\n"))
             }
         }
     }

@@ -26,7 +26,9 @@ async fn main() -> Result<(), lambda_http::Error> {
     let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
     let books = Arc::new(DynamoBookStore::new(client.clone(), config.table_name));
     let activity = Arc::new(DynamoActivityFeed::new(client, config.activity_table_name));
-    let router = api::router(api::build_schema(books, activity));
+    // A Lambda cannot hold a WebSocket: subscriptions on AWS go through API Gateway's
+    // WebSocket API instead, so this hub has no publisher.
+    let router = api::router(api::build_schema(books, activity, api::EventHub::default()));
     lambda_http::run(router.map_request(serve_under_stage)).await
 }
 

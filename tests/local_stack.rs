@@ -301,3 +301,69 @@ async fn health_and_graphiql_are_served() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn graphql_over_http_status_codes_follow_the_spec() {
+    let app =
+        common::spawn_with(common::quick_settings(outboxdemo::stack::Storage::InMemory)).await;
+
+    // GET is for queries: a mutation over GET is refused and changes nothing.
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", r#"mutation { addBook(input: {name: "Dune", authors: ["F"], publishedYear: 1965}) { name } }"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let books = app.data("{ books { edges { cursor } } }", json!({})).await;
+    assert_eq!(books["books"]["edges"], json!([]));
+
+    // A POST body that is not JSON is refused with a clear status.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .body("{ books { edges { cursor } } }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+
+    // A client that accepts application/graphql-response+json learns from the status that the
+    // request failed before execution; with application/json it is always 200.
+    for (accept, status, has_data) in [
+        ("application/graphql-response+json", 400, false),
+        ("application/json", 200, true),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/graphql"))
+            .header("accept", accept)
+            .json(&json!({"query": "{ books("}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{accept}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(accept)
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body.get("data").is_some(), has_data, "{body}");
+        assert_eq!(error_code(&body), "GRAPHQL_PARSE_FAILED");
+    }
+    // Field errors are still 200: the request was fine, the book was not there.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({"query": r#"mutation { removeBook(name: "Nope") { name } }"#}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}

@@ -7,12 +7,14 @@ use async_graphql::http::{
     ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWebSocket, WebSocketProtocols,
     WsMessage,
 };
-use async_graphql_axum::GraphQL;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql_axum::GraphQLRequest;
+use async_graphql_axum::rejection::GraphQLRejection;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{MethodFilter, get, on_service};
+use axum::routing::get;
 use axum::{Extension, Router};
 use futures_util::{SinkExt, StreamExt};
 
@@ -32,13 +34,7 @@ pub fn router(schema: ApiSchema) -> Router {
 pub fn router_with(schema: ApiSchema, keepalive: Duration) -> Router {
     Router::new()
         .route("/", get(graphiql))
-        .route(
-            "/graphql",
-            on_service(
-                MethodFilter::GET.or(MethodFilter::POST),
-                GraphQL::new(schema.clone()),
-            ),
-        )
+        .route("/graphql", get(graphql).post(graphql))
         .route("/graphql/ws", get(subscribe))
         .route("/health", get(health))
         .with_state(Socket { schema, keepalive })
@@ -48,6 +44,104 @@ pub fn router_with(schema: ApiSchema, keepalive: Duration) -> Router {
 struct Socket {
     schema: ApiSchema,
     keepalive: Duration,
+}
+
+/// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
+/// say what kind of failure an error is.
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// GraphQL over HTTP (GET and POST), per the GraphQL-over-HTTP spec: `application/json`
+/// responses are always 200; `application/graphql-response+json` ones are 400, without
+/// `data`, when the request fails before execution (it does not parse, validate or coerce).
+/// GET does not run mutations: a GET must be safe to repeat.
+async fn graphql(
+    State(socket): State<Socket>,
+    method: Method,
+    headers: HeaderMap,
+    request: Result<GraphQLRequest, GraphQLRejection>,
+) -> Response {
+    let spec_media_type = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains(GRAPHQL_RESPONSE_JSON));
+    let media_type = if spec_media_type {
+        GRAPHQL_RESPONSE_JSON
+    } else {
+        "application/json"
+    };
+    let reply = |status: StatusCode, body: serde_json::Value| {
+        let mut response = (status, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+        response
+    };
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        reply(
+            status,
+            serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}),
+        )
+    };
+
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if method == Method::POST && !json_body {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_REQUEST",
+            "a POST needs content-type: application/json".to_owned(),
+        );
+    }
+    let request = match request {
+        Ok(request) => request.into_inner(),
+        Err(GraphQLRejection(error)) => {
+            return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.to_string());
+        }
+    };
+    if method == Method::GET && is_mutation(&request) {
+        let mut response = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            "mutations are not run over GET; use POST".to_owned(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+
+    let response = socket.schema.execute(request).await;
+    // A request error happens before execution: no data, and no error belongs to a field.
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty());
+    let mut body = serde_json::to_value(&response).unwrap_or_default();
+    if spec_media_type && request_error {
+        if let Some(body) = body.as_object_mut() {
+            body.remove("data");
+        }
+        return reply(StatusCode::BAD_REQUEST, body);
+    }
+    reply(StatusCode::OK, body)
+}
+
+/// Whether the operation the request would run is a mutation.
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false; // execution reports the parse error
+    };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(operation), _) => Some(operation),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next()
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
 }
 
 /// The path prefix the API is served under, when it is not the root: behind an API Gateway

@@ -1,0 +1,75 @@
+// Shared by the end-to-end tests: where the running local stack is, and how to talk to it.
+import assert from 'node:assert/strict';
+
+export const BASE = process.env.OUTBOXDEMO_URL;
+assert.ok(BASE, 'OUTBOXDEMO_URL must name the running local stack (scripts/e2e sets it)');
+export const WS_URL = `${BASE.replace(/^http/, 'ws')}/graphql/ws`;
+
+/** POSTs a GraphQL request; returns the whole response body. */
+export async function graphql(query, variables = {}) {
+  const response = await fetch(`${BASE}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ query, variables }),
+  });
+  assert.equal(response.status, 200);
+  return response.json();
+}
+
+/** A book name no other test uses. */
+export function uniqueName(prefix) {
+  return `${prefix} ${Math.random().toString(36).slice(2, 10)}`;
+}
+
+export async function addBook(name, authors = ['An Author'], publishedYear = 2001) {
+  const body = await graphql(
+    'mutation($input: AddBookInput!) { addBook(input: $input) { name } }',
+    { input: { name, authors, publishedYear } },
+  );
+  assert.equal(body.errors, undefined, JSON.stringify(body));
+}
+
+export async function removeBook(name) {
+  const body = await graphql('mutation($name: String!) { removeBook(name: $name) { name } }', { name });
+  assert.equal(body.errors, undefined, JSON.stringify(body));
+}
+
+/** Polls `check` until it returns a truthy value, or fails after `ms`. */
+export async function eventually(check, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) assert.fail(`condition not met within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** The number of open subscriptions the server reports. */
+export async function openSubscriptions() {
+  const health = await (await fetch(`${BASE}/health`)).json();
+  return health.subscriptions;
+}
+
+/** Collects the values a subscription delivers, and lets a test wait for a number of them. */
+export class Inbox {
+  constructor() {
+    this.items = [];
+    this.errors = [];
+    this.completed = false;
+  }
+
+  sink() {
+    return {
+      next: (value) => this.items.push(value),
+      error: (error) => this.errors.push(error),
+      complete: () => { this.completed = true; },
+    };
+  }
+
+  async take(count) {
+    await eventually(() => this.items.length >= count || this.errors.length > 0);
+    assert.deepEqual(this.errors, []);
+    return this.items.slice(0, count);
+  }
+}

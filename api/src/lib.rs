@@ -5,6 +5,8 @@
 //!   implement them.
 //! - [`schema`]: queries and mutations; build it with [`build_schema`].
 //! - [`subscriptions`]: the subscription root and [`EventHub`], which a bus target feeds.
+//! - [`gateway`]: subscriptions on AWS, over API Gateway's WebSocket API: the `subscriptions`
+//!   and `notifier` Lambdas' library.
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
 //! - [`dynamo`]: the DynamoDB adapters of those ports, used by the `api` Lambda.
@@ -14,6 +16,7 @@
 
 pub mod dynamo;
 pub mod error;
+pub mod gateway;
 pub mod router;
 pub mod schema;
 pub mod store;

@@ -34,6 +34,12 @@ pub fn build_schema(
     builder().data(books).data(activity).data(events).finish()
 }
 
+/// The schema with no stores: enough to validate and run subscriptions, whose events come with
+/// each request (see [`crate::subscriptions::run_against`]).
+pub fn subscription_schema() -> ApiSchema {
+    builder().finish()
+}
+
 /// The schema in SDL, as checked in at `schema.graphql`.
 pub fn sdl() -> String {
     builder().finish().sdl()

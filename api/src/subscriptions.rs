@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_graphql::{Context, ErrorExtensions, ID, Object, Subscription};
 use chrono::{DateTime, Utc};
 use domain::event::{BookSnapshot, DetailType, Envelope};
+use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast;
 
@@ -44,10 +45,19 @@ impl BookEvent {
     }
 }
 
-/// Fans book events out to subscribers, each with a bounded buffer.
+/// Where subscriptions get their events: a live fan-out, or a fixed list.
 #[derive(Debug, Clone)]
 pub struct EventHub {
-    sender: broadcast::Sender<Arc<BookEvent>>,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// Events as they are published, to every current subscriber.
+    Live(broadcast::Sender<Arc<BookEvent>>),
+    /// Exactly these events, then the end: how a stored subscription is run against one
+    /// event on AWS, and how a document is checked without any.
+    Replay(Arc<[Arc<BookEvent>]>),
 }
 
 impl Default for EventHub {
@@ -60,27 +70,48 @@ impl EventHub {
     /// A hub whose subscribers may each fall `buffer` events behind.
     pub fn new(buffer: usize) -> Self {
         Self {
-            sender: broadcast::channel(buffer.max(1)).0,
+            source: Source::Live(broadcast::channel(buffer.max(1)).0),
+        }
+    }
+
+    /// A hub whose every subscription sees exactly `events` and then ends.
+    pub fn replay(events: Vec<BookEvent>) -> Self {
+        Self {
+            source: Source::Replay(events.into_iter().map(Arc::new).collect()),
         }
     }
 
     /// Hands `event` to every current subscriber, without waiting for any of them.
+    /// (A replaying hub has nothing to hand it to.)
     pub fn publish(&self, event: BookEvent) {
-        // An error only means that nobody is subscribed right now.
-        let _ = self.sender.send(Arc::new(event));
+        if let Source::Live(sender) = &self.source {
+            // An error only means that nobody is subscribed right now.
+            let _ = sender.send(Arc::new(event));
+        }
     }
 
     /// How many subscriptions are open.
     pub fn subscribers(&self) -> usize {
-        self.sender.receiver_count()
+        match &self.source {
+            Source::Live(sender) => sender.receiver_count(),
+            Source::Replay(_) => 0,
+        }
     }
 
     /// The events from now on; a subscriber that falls too far behind gets one
     /// `SUBSCRIPTION_LAGGED` error and then the stream ends (and its buffer is released).
-    pub fn subscribe(
-        &self,
-    ) -> impl Stream<Item = Result<Arc<BookEvent>, ApiError>> + Send + 'static + use<> {
-        futures_util::stream::unfold(Some(self.sender.subscribe()), |receiver| async move {
+    pub fn subscribe(&self) -> BoxStream<'static, Result<Arc<BookEvent>, ApiError>> {
+        let sender = match &self.source {
+            Source::Live(sender) => sender,
+            Source::Replay(events) => {
+                let events = Arc::clone(events);
+                return futures_util::stream::iter(
+                    (0..events.len()).map(move |i| Ok(Arc::clone(&events[i]))),
+                )
+                .boxed();
+            }
+        };
+        futures_util::stream::unfold(Some(sender.subscribe()), |receiver| async move {
             let mut receiver = receiver?;
             match receiver.recv().await {
                 Ok(event) => Some((Ok(event), Some(receiver))),
@@ -91,6 +122,7 @@ impl EventHub {
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         })
+        .boxed()
     }
 }
 
@@ -124,6 +156,20 @@ impl BookEventNode {
     async fn book(&self) -> Option<BookNode> {
         self.0.book.to_book().map(BookNode)
     }
+}
+
+/// Runs a subscription request against exactly `events`: the GraphQL responses it yields (none
+/// when its filters keep none of them; one with errors when the document is not a valid
+/// subscription). Request data comes before schema data, so this hub is the one it sees.
+pub async fn run_against(
+    schema: &crate::ApiSchema,
+    request: async_graphql::Request,
+    events: Vec<BookEvent>,
+) -> Vec<async_graphql::Response> {
+    schema
+        .execute_stream(request.data(EventHub::replay(events)))
+        .collect()
+        .await
 }
 
 fn hub<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a EventHub> {
@@ -209,6 +255,32 @@ mod tests {
             occurred_at: Utc::now(),
             book: BookSnapshot::name_only(BookName::parse("Dune").unwrap()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_runs_against_a_replayed_event_with_its_filters() {
+        let schema = crate::schema::subscription_schema();
+        let run = |query: &str| {
+            let schema = schema.clone();
+            let request = async_graphql::Request::new(query);
+            async move {
+                let responses = run_against(&schema, request, vec![event("e1")]).await;
+                serde_json::to_value(responses).unwrap()
+            }
+        };
+        assert_eq!(
+            run("subscription { bookEvents { eventId type bookName } }").await,
+            serde_json::json!([{"data": {"bookEvents": {"eventId": "e1", "type": "ADDED", "bookName": "Dune"}}}])
+        );
+        assert_eq!(
+            run("subscription { bookEvents(types: [REMOVED]) { eventId } }").await,
+            serde_json::json!([])
+        );
+        let invalid = run("subscription { bookEvents { nope } }").await;
+        assert_eq!(
+            invalid[0]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+            "{invalid}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Test support for outboxdemo's AWS code paths, shared by the crates' integration tests.
 //!
 //! - [`bus`]: an event bus with the template's rules, each delivering to a queue to read.
+//! - [`management`]: a recording stand-in for API Gateway's Management API.
 //! - [`moto`]: the AWS API emulator the test command starts (`AWS_ENDPOINT_URL`), SDK
 //!   configuration for it, and unique resource names so tests can share one emulator.
 //! - [`tables`]: the books and activity tables as the template declares them.
@@ -11,6 +12,7 @@
 //!   invokes it with events.
 
 pub mod bus;
+pub mod management;
 pub mod moto;
 pub mod runtime;
 pub mod streams;

@@ -69,3 +69,29 @@ pub async fn create_activity_table(client: &Client, table: &str) -> anyhow::Resu
         .await?;
     Ok(())
 }
+
+/// Creates a connections table (key `connectionId` + `sk`, rows expiring on `expiresAt`).
+pub async fn create_connections_table(client: &Client, table: &str) -> anyhow::Result<()> {
+    client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute("connectionId")?)
+        .attribute_definitions(attribute("sk")?)
+        .key_schema(key("connectionId", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("expiresAt")
+                .build()?,
+        )
+        .send()
+        .await?;
+    Ok(())
+}

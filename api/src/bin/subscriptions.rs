@@ -1,0 +1,44 @@
+//! The `subscriptions` Lambda: `graphql-transport-ws` over API Gateway's WebSocket API.
+
+use api::gateway::{Connections, ManagementApi};
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use clap::Parser;
+use lambda_runtime::{LambdaEvent, service_fn};
+
+/// Configuration, from the environment.
+#[derive(Debug, Parser)]
+struct Config {
+    /// The connections table.
+    #[arg(long, env = "CONNECTIONS_TABLE_NAME")]
+    connections_table_name: String,
+    /// The Management API endpoint; by default the one each request came through.
+    #[arg(long, env = "WEBSOCKET_ENDPOINT")]
+    websocket_endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::try_parse()?;
+    let aws = aws_config::load_from_env().await;
+    let connections = Connections::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        config.connections_table_name,
+    );
+    let schema = api::schema::subscription_schema();
+    let (aws, schema, connections, fixed) =
+        (&aws, &schema, &connections, &config.websocket_endpoint);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
+            let endpoint = fixed
+                .clone()
+                .or_else(|| ManagementApi::endpoint_of(&event.payload))
+                .ok_or("the request names no API Gateway domain and stage")?;
+            let api = ManagementApi::new(aws, &endpoint);
+            Ok::<_, lambda_runtime::Error>(
+                api::gateway::handle_message(event.payload, schema, connections, &api).await?,
+            )
+        },
+    ))
+    .await
+}

@@ -27,6 +27,9 @@ use tracing::Instrument;
 
 use crate::embedded::{Db, DbError};
 
+/// How often an idle delivery task looks at its queue without being woken.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// Where a rule sends the events it matches: a consumer Lambda, locally.
 #[async_trait]
 pub trait Target: Send + Sync {
@@ -262,8 +265,11 @@ impl LocalBus {
             let wait = match self.deliver_next(&route).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => {
+                    // Woken by this process's publishes; the slow re-check also picks up what
+                    // another process (a `dead-letters redrive`) queued.
                     tokio::select! {
                         () = waker.notified() => {}
+                        () = tokio::time::sleep(IDLE_RECHECK) => {}
                         () = shutdown.cancelled() => {}
                     }
                     continue;

@@ -7,9 +7,13 @@
 //!   it feeds the processor batches of Lambda's DynamoDB event JSON.
 //! - [`bus`]: the local event bus, EventBridge + its rules locally: it routes the processor's
 //!   events to the consumers from durable queues, with retries and dead letters.
+//! - [`faults`]: fault injection for tests and drills (off by default).
+//! - [`cli`]: the `dead-letters` subcommands: list, show, redrive.
 //! - [`stack`]: the wiring, and [`stack::run`], which serves it all until told to stop.
 
 pub mod bus;
+pub mod cli;
 pub mod embedded;
+pub mod faults;
 pub mod stack;
 pub mod stream;

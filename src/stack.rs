@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::EventHub;
+use api::{ApiOptions, EventHub};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{DeliveryOptions, LocalBus, Route, SubscriptionTarget};
-use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore};
+use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore, EmbeddedDeadLetters};
+use crate::faults::{Faults, FaultyPublisher, faulty_route};
 use crate::stream::{Processor, ReaderOptions, StreamReader};
 
 /// Where the local stack keeps its data.
@@ -38,8 +39,12 @@ pub struct Settings {
     pub delivery: DeliveryOptions,
     /// How many events a subscriber may fall behind before its subscription is ended.
     pub subscriber_buffer: usize,
-    /// How often idle subscription connections are pinged.
-    pub keepalive: Duration,
+    /// The API's limits, switches and credential.
+    pub api: ApiOptions,
+    /// Faults to inject (none by default).
+    pub faults: Faults,
+    /// How long a stop waits for the stream reader and the deliveries to finish what they hold.
+    pub shutdown_grace: Duration,
 }
 
 impl Settings {
@@ -51,7 +56,9 @@ impl Settings {
             reader: ReaderOptions::default(),
             delivery: DeliveryOptions::default(),
             subscriber_buffer: api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER,
-            keepalive: api::router::DEFAULT_KEEPALIVE,
+            api: ApiOptions::default(),
+            faults: Faults::default(),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -79,9 +86,13 @@ pub async fn run(
     let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(&db)));
 
     let hub = EventHub::new(settings.subscriber_buffer);
+    let faults = &settings.faults;
+    if faults.any() {
+        tracing::warn!(?faults, "fault injection is on");
+    }
     let routes = consumers::ALL
         .into_iter()
-        .map(|consumer| Route::consumer(consumer, activity.clone()))
+        .map(|consumer| faulty_route(Route::consumer(consumer, activity.clone()), faults))
         .chain([SubscriptionTarget::route(hub.clone())])
         .collect();
     let bus = Arc::new(LocalBus::new(
@@ -94,21 +105,41 @@ pub async fn run(
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
     bus.spawn_deliveries(&mut tasks, &stop);
-    let reader = StreamReader::new(Arc::clone(&db), Processor(bus), settings.reader.clone());
+    let publisher: Arc<dyn processor::EventPublisher> = if faults.any() {
+        Arc::new(FaultyPublisher::new(bus, faults.clone()))
+    } else {
+        bus
+    };
+    let reader = StreamReader::new(
+        Arc::clone(&db),
+        Processor(publisher),
+        settings.reader.clone(),
+    );
     tasks.spawn(reader.run(stop.clone()));
 
-    let schema = api::build_schema(books, activity, hub);
-    let app = api::router::router_with(schema, settings.keepalive);
+    let dead_letters: Arc<dyn api::DeadLetterFeed> =
+        Arc::new(EmbeddedDeadLetters::new(Arc::clone(&db)));
+    let schema = api::build_schema_with(books, activity, hub, Some(dead_letters), &settings.api);
+    let app = api::router::router_with(schema, &settings.api);
     tracing::info!(address = %listener.local_addr()?, storage = ?settings.storage, "serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
 
+    // Requests are done; the reader and the deliveries finish the batch or event in hand and
+    // stop. Whatever they did not get to stays committed and resumes on the next start.
     stop.cancel();
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(error) = joined {
-            tracing::error!(%error, "a background task failed");
+    let finished = tokio::time::timeout(settings.shutdown_grace, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(%error, "a background task failed");
+            }
         }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(grace = ?settings.shutdown_grace, "background work did not finish in time; it resumes on the next start");
+        tasks.abort_all();
     }
     tracing::info!("stopped");
     Ok(served?)

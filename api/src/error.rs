@@ -30,6 +30,19 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The operation needs a credential, and none (or a wrong one) came with the request.
+    #[error(
+        "this operation needs a credential: send Authorization: Bearer <token> (HTTP) or {{\"authorization\": \"Bearer <token>\"}} in connection_init (WebSocket)"
+    )]
+    Unauthenticated,
+    /// Too many subscriptions on one connection.
+    #[error(
+        "this connection already holds {0} subscriptions, the most allowed; complete one first"
+    )]
+    TooManySubscriptions(usize),
+    /// What was asked is not kept here (dead letters on AWS are in SQS).
+    #[error("{0}")]
+    Unavailable(String),
     /// A subscriber fell this many events behind; its subscription is ended.
     #[error("this subscription fell {0} events behind and was ended; subscribe again")]
     SubscriptionLagged(u64),
@@ -45,6 +58,9 @@ impl ApiError {
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::Conflict(_) => "CONFLICT",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::TooManySubscriptions(_) => "TOO_MANY_SUBSCRIPTIONS",
+            Self::Unavailable(_) => "UNAVAILABLE",
             Self::SubscriptionLagged(_) => "SUBSCRIPTION_LAGGED",
             Self::Internal => "INTERNAL",
         }

@@ -7,6 +7,7 @@
 //! - [`subscriptions`]: the subscription root and [`EventHub`], which a bus target feeds.
 //! - [`gateway`]: subscriptions on AWS, over API Gateway's WebSocket API: the `subscriptions`
 //!   and `notifier` Lambdas' library.
+//! - [`options`]: [`ApiOptions`]: limits, production switches, the optional credential.
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
 //! - [`dynamo`]: the DynamoDB adapters of those ports, used by the `api` Lambda.
@@ -17,13 +18,20 @@
 pub mod dynamo;
 pub mod error;
 pub mod gateway;
+pub mod options;
 pub mod router;
 pub mod schema;
 pub mod store;
 pub mod subscriptions;
+#[cfg(test)]
+mod tests_support;
 
 pub use error::{ApiError, ErrorCodes};
+pub use options::ApiOptions;
 pub use router::router;
-pub use schema::{ApiSchema, build_schema, sdl};
-pub use store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
+pub use schema::{ApiSchema, build_schema, build_schema_with, sdl};
+pub use store::{
+    ActivityFeed, ActivityItem, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource, Page,
+    StoreError,
+};
 pub use subscriptions::{BookEvent, EventHub};

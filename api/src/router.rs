@@ -8,42 +8,54 @@ use async_graphql::http::{
     WsMessage,
 };
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use async_graphql_axum::GraphQLRequest;
-use async_graphql_axum::rejection::GraphQLRejection;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use futures_util::{SinkExt, StreamExt};
 
+use crate::error::ApiError;
+use crate::options::{ApiOptions, Credential};
 use crate::schema::ApiSchema;
 use crate::subscriptions::EventHub;
-
-/// How often an idle subscription connection is pinged, by default.
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The API's routes: GraphiQL at `/`, GraphQL at `/graphql` (GET and POST), subscriptions at
 /// `/graphql/ws` (`graphql-transport-ws`, and the legacy `graphql-ws`), and `/health`.
 pub fn router(schema: ApiSchema) -> Router {
-    router_with(schema, DEFAULT_KEEPALIVE)
+    router_with(schema, &ApiOptions::default())
 }
 
-/// [`router`], pinging subscription connections every `keepalive`.
-pub fn router_with(schema: ApiSchema, keepalive: Duration) -> Router {
-    Router::new()
-        .route("/", get(graphiql))
-        .route("/graphql", get(graphql).post(graphql))
+/// [`router`] with these options (keep-alive, body and subscription limits, GraphiQL on or off).
+pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
+    let mut router = Router::new();
+    if options.graphiql {
+        router = router.route("/", get(graphiql));
+    }
+    router
+        .route(
+            "/graphql",
+            get(graphql)
+                .post(graphql)
+                .layer(DefaultBodyLimit::max(options.max_body_bytes)),
+        )
         .route("/graphql/ws", get(subscribe))
         .route("/health", get(health))
-        .with_state(Socket { schema, keepalive })
+        .with_state(Socket {
+            schema,
+            keepalive: options.keepalive,
+            max_subscriptions: options.max_subscriptions_per_connection,
+        })
 }
 
 #[derive(Clone)]
 struct Socket {
     schema: ApiSchema,
     keepalive: Duration,
+    max_subscriptions: usize,
 }
 
 /// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
@@ -57,8 +69,9 @@ const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 async fn graphql(
     State(socket): State<Socket>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
-    request: Result<GraphQLRequest, GraphQLRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let spec_media_type = headers
         .get_all(header::ACCEPT)
@@ -95,12 +108,37 @@ async fn graphql(
             "a POST needs content-type: application/json".to_owned(),
         );
     }
-    let request = match request {
-        Ok(request) => request.into_inner(),
-        Err(GraphQLRejection(error)) => {
-            return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.to_string());
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "the request body is larger than the API accepts".to_owned(),
+            );
+        }
+        Err(rejection) => return refuse(rejection.status(), "BAD_REQUEST", rejection.body_text()),
+    };
+    let parsed = if method == Method::POST {
+        serde_json::from_slice::<async_graphql::Request>(&body).map_err(|e| e.to_string())
+    } else {
+        async_graphql::http::parse_query_string(uri.query().unwrap_or_default())
+            .map_err(|e| e.to_string())
+    };
+    let request = match parsed {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                format!("not a GraphQL request: {error}"),
+            );
         }
     };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let request = request.data(Credential::from_authorization(authorization));
     if method == Method::GET && is_mutation(&request) {
         let mut response = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -192,24 +230,48 @@ async fn subscribe(
         .on_upgrade(move |stream| serve_socket(stream, socket, protocol))
 }
 
-/// Accepts a connection's `connection_init` payload. This is where authentication goes: read
-/// a credential from the payload and refuse the connection with an error, or put what it
-/// proves into the connection's data for resolvers.
-async fn accept_connection(_payload: serde_json::Value) -> async_graphql::Result<Data> {
-    Ok(Data::default())
+/// Accepts a connection's `connection_init` payload and keeps the credential it carries
+/// (`{"authorization": "Bearer <token>"}`) for the subscriptions' guard, which answers
+/// `UNAUTHENTICATED` when a token is required and this is not it.
+async fn accept_connection(payload: serde_json::Value) -> async_graphql::Result<Data> {
+    let authorization = ["authorization", "Authorization"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str));
+    let mut data = Data::default();
+    data.insert(Credential::from_authorization(authorization));
+    Ok(data)
 }
 
 /// Speaks the GraphQL WebSocket protocol on one connection, pinging it while it is idle. When
 /// the client goes away, the subscriptions' streams are dropped and their buffers released.
 async fn serve_socket(stream: WebSocket, socket: Socket, protocol: WebSocketProtocols) {
-    let (mut sink, incoming) = stream.split();
+    let (sink, incoming) = stream.split();
+    let sink = std::sync::Arc::new(tokio::sync::Mutex::new(sink));
+    // The ids of this connection's open subscriptions, to hold them to the limit.
+    let open = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let limit = socket.max_subscriptions;
+    let refusals = std::sync::Arc::clone(&sink);
+    let counted = std::sync::Arc::clone(&open);
     let incoming = incoming
         .take_while(|message| std::future::ready(message.is_ok()))
-        .filter_map(|message| {
-            std::future::ready(match message {
-                Ok(Message::Text(text)) => Some(text.as_bytes().to_vec()),
-                Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
-                _ => None,
+        .filter_map(move |message| {
+            let bytes = match message {
+                Ok(Message::Text(text)) => text.as_bytes().to_vec(),
+                Ok(Message::Binary(bytes)) => bytes.to_vec(),
+                _ => return futures_util::future::Either::Left(std::future::ready(None)),
+            };
+            let refusal = admit(&bytes, &counted, limit, protocol);
+            let sink = std::sync::Arc::clone(&refusals);
+            futures_util::future::Either::Right(async move {
+                match refusal {
+                    None => Some(bytes),
+                    Some(refusal) => {
+                        let _ = sink.lock().await.send(Message::Text(refusal.into())).await;
+                        None
+                    }
+                }
             })
         });
     let ping = match protocol {
@@ -227,17 +289,166 @@ async fn serve_socket(stream: WebSocket, socket: Socket, protocol: WebSocketProt
     loop {
         let message = tokio::select! {
             message = outgoing.next() => match message {
-                Some(WsMessage::Text(text)) => Message::Text(text.into()),
+                Some(WsMessage::Text(text)) => {
+                    forget_completed(&text, &open);
+                    Message::Text(text.into())
+                }
                 Some(WsMessage::Close(code, reason)) => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = sink.lock().await.send(Message::Close(Some(frame))).await;
                     break;
                 }
                 None => break,
             },
             _ = keepalive.tick() => Message::Text(ping.into()),
         };
-        if sink.send(message).await.is_err() {
+        if sink.lock().await.send(message).await.is_err() {
             break;
         }
+    }
+}
+
+/// Counts a client message against the connection's subscription limit: a new subscription
+/// over the limit is refused (the refusal message is returned, and the message is not passed
+/// on); a `complete` (`stop` in the legacy protocol) frees its place.
+fn admit(
+    bytes: &[u8],
+    open: &std::sync::Mutex<std::collections::HashSet<String>>,
+    limit: usize,
+    protocol: WebSocketProtocols,
+) -> Option<String> {
+    let message: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = message["id"].as_str()?.to_owned();
+    let mut open = open.lock().ok()?;
+    match message["type"].as_str()? {
+        "subscribe" | "start" if !open.contains(&id) && open.len() >= limit => {
+            use async_graphql::ErrorExtensions as _;
+            let error = ApiError::TooManySubscriptions(limit).extend();
+            let error = serde_json::json!({"message": error.message, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
+            Some(
+                match protocol {
+                    WebSocketProtocols::GraphQLWS => {
+                        serde_json::json!({"type": "error", "id": id, "payload": [error]})
+                    }
+                    WebSocketProtocols::SubscriptionsTransportWS => {
+                        serde_json::json!({"type": "error", "id": id, "payload": error})
+                    }
+                }
+                .to_string(),
+            )
+        }
+        "subscribe" | "start" => {
+            open.insert(id);
+            None
+        }
+        "complete" | "stop" => {
+            open.remove(&id);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A subscription the server ended (`complete`) no longer counts against the limit.
+fn forget_completed(text: &str, open: &std::sync::Mutex<std::collections::HashSet<String>>) {
+    if !text.contains("\"complete\"") {
+        return;
+    }
+    if let Ok(message) = serde_json::from_str::<serde_json::Value>(text)
+        && message["type"] == "complete"
+        && let (Some(id), Ok(mut open)) = (message["id"].as_str(), open.lock())
+    {
+        open.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::options::ApiOptions;
+
+    fn message(kind: &str, id: &str) -> Vec<u8> {
+        serde_json::json!({"type": kind, "id": id})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_connection_holds_at_most_its_limit_of_subscriptions() {
+        let open = Mutex::new(HashSet::new());
+        let protocol = WebSocketProtocols::GraphQLWS;
+        assert_eq!(admit(&message("subscribe", "1"), &open, 2, protocol), None);
+        assert_eq!(admit(&message("subscribe", "2"), &open, 2, protocol), None);
+        let refusal: serde_json::Value =
+            serde_json::from_str(&admit(&message("subscribe", "3"), &open, 2, protocol).unwrap())
+                .unwrap();
+        assert_eq!(refusal["type"], "error");
+        assert_eq!(refusal["id"], "3");
+        assert_eq!(
+            refusal["payload"][0]["extensions"]["code"],
+            "TOO_MANY_SUBSCRIPTIONS"
+        );
+        assert_eq!(admit(&message("complete", "1"), &open, 2, protocol), None);
+        assert_eq!(admit(&message("subscribe", "3"), &open, 2, protocol), None);
+        forget_completed(r#"{"type":"complete","id":"2"}"#, &open);
+        assert_eq!(open.lock().unwrap().len(), 1);
+    }
+
+    async fn first_error_code(
+        schema: &ApiSchema,
+        authorization: serde_json::Value,
+    ) -> Option<String> {
+        let data = accept_connection(serde_json::json!({"authorization": authorization}))
+            .await
+            .unwrap();
+        let request = async_graphql::Request::new("subscription { bookAdded { name } }");
+        let mut stream = schema.execute_stream_with_session_data(request, Arc::new(data));
+        let first =
+            tokio::time::timeout(std::time::Duration::from_millis(200), stream.next()).await;
+        match first {
+            Ok(Some(response)) => response.errors.first().and_then(|e| {
+                e.extensions
+                    .as_ref()?
+                    .get("code")
+                    .map(|code| code.to_string().trim_matches('"').to_owned())
+            }),
+            _ => None, // subscribed and waiting for events: allowed
+        }
+    }
+
+    #[tokio::test]
+    async fn subscriptions_need_the_token_from_connection_init_when_one_is_configured() {
+        let options = ApiOptions {
+            auth_token: Some("s3cret".into()),
+            ..ApiOptions::default()
+        };
+        let schema = crate::schema::build_schema_with(
+            Arc::new(crate::tests_support::NoStore),
+            Arc::new(crate::tests_support::NoStore),
+            crate::EventHub::default(),
+            None,
+            &options,
+        );
+        assert_eq!(
+            first_error_code(&schema, serde_json::Value::Null)
+                .await
+                .as_deref(),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            first_error_code(&schema, "Bearer nope".into())
+                .await
+                .as_deref(),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            first_error_code(&schema, "Bearer s3cret".into()).await,
+            None
+        );
     }
 }

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use domain::{ActivityEntry, Authors, Book, BookName, DetailType, PublishedYear};
 
 use crate::error::{ApiError, ErrorCodes, resolve};
-use crate::store::{ActivityFeed, BookStore};
+use crate::options::{ApiOptions, Authenticated, RequiredToken};
+use crate::store::{ActivityFeed, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource};
 use crate::subscriptions::{EventHub, SubscriptionRoot};
 
 /// The executable schema.
@@ -25,13 +26,38 @@ fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot).extension(ErrorCodes)
 }
 
-/// Builds the schema over the given stores, with subscriptions fed by `events`.
+/// Builds the schema over the given stores, with subscriptions fed by `events` and the
+/// default [`ApiOptions`].
 pub fn build_schema(
     books: Arc<dyn BookStore>,
     activity: Arc<dyn ActivityFeed>,
     events: EventHub,
 ) -> ApiSchema {
-    builder().data(books).data(activity).data(events).finish()
+    build_schema_with(books, activity, events, None, &ApiOptions::default())
+}
+
+/// Builds the schema with its limits, credential and (where the stack keeps them) dead letters.
+pub fn build_schema_with(
+    books: Arc<dyn BookStore>,
+    activity: Arc<dyn ActivityFeed>,
+    events: EventHub,
+    dead_letters: Option<Arc<dyn DeadLetterFeed>>,
+    options: &ApiOptions,
+) -> ApiSchema {
+    let mut builder = builder()
+        .limit_depth(options.max_depth)
+        .limit_complexity(options.max_complexity)
+        .data(books)
+        .data(activity)
+        .data(events)
+        .data(RequiredToken(options.auth_token.clone()));
+    if let Some(dead_letters) = dead_letters {
+        builder = builder.data(dead_letters);
+    }
+    if !options.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
 }
 
 /// The schema with no stores: enough to validate and run subscriptions, whose events come with
@@ -223,6 +249,7 @@ impl QueryRoot {
     }
 
     /// The catalogue, a page at a time (Relay connection; default 20, at most 100 a page).
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn books(
         &self,
         ctx: &Context<'_>,
@@ -250,6 +277,7 @@ impl QueryRoot {
     }
 
     /// What the consumers recorded, newest first (Relay connection; default 20, at most 100).
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn activity(
         &self,
         ctx: &Context<'_>,
@@ -273,6 +301,84 @@ impl QueryRoot {
         })
         .await
     }
+    /// What kept failing and was set aside, oldest first (the local stack; on AWS the dead
+    /// letters are in SQS queues). Redrive them with `outboxdemo dead-letters redrive`.
+    async fn dead_letters(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+    ) -> async_graphql::Result<Vec<DeadLetterNode>> {
+        resolve(async {
+            let first = page_size(Some(first))?;
+            let feed = ctx.data_opt::<Arc<dyn DeadLetterFeed>>().ok_or_else(|| {
+                ApiError::Unavailable(
+                    "dead letters are not kept here: on AWS they are in the SQS dead-letter queues"
+                        .into(),
+                )
+            })?;
+            Ok(feed
+                .list(first)
+                .await?
+                .into_iter()
+                .map(DeadLetterNode)
+                .collect())
+        })
+        .await
+    }
+}
+
+/// The cost of a connection: its page size times the cost of one item.
+fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let page = first.map_or(DEFAULT_PAGE_SIZE, |n| {
+        usize::try_from(n).unwrap_or(0).min(MAX_PAGE_SIZE)
+    });
+    page.max(1).saturating_mul(child_complexity)
+}
+
+/// Something that kept failing and was set aside.
+struct DeadLetterNode(DeadLetter);
+
+#[Object(name = "DeadLetter")]
+impl DeadLetterNode {
+    /// Where it was set aside.
+    async fn source(&self) -> DeadLetterSource {
+        self.0.source
+    }
+
+    /// Its id there: the stream record's sequence number, or the bus queue entry's id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// The bus target it was for (bus dead letters).
+    async fn target(&self) -> Option<&str> {
+        self.0.target.as_deref()
+    }
+
+    /// The event id it concerns.
+    async fn event_id(&self) -> Option<&str> {
+        self.0.event_id.as_deref()
+    }
+
+    /// The last error.
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+
+    /// How many times it was tried.
+    async fn attempts(&self) -> i32 {
+        i32::try_from(self.0.attempts).unwrap_or(i32::MAX)
+    }
+
+    /// When it was set aside.
+    async fn failed_at(&self) -> DateTime<Utc> {
+        self.0.failed_at
+    }
+
+    /// The stream record or the event, as JSON.
+    async fn payload(&self) -> &str {
+        &self.0.payload
+    }
 }
 
 /// The mutations. Each writes one item and returns; events follow from the committed change.
@@ -282,6 +388,7 @@ pub struct MutationRoot;
 #[Object(name = "Mutation")]
 impl MutationRoot {
     /// Adds a book. A name that is taken is a `CONFLICT` and changes nothing.
+    #[graphql(guard = "Authenticated")]
     async fn add_book(
         &self,
         ctx: &Context<'_>,
@@ -296,6 +403,7 @@ impl MutationRoot {
     }
 
     /// Removes a book and returns it. A name that is not in the catalogue is `NOT_FOUND`.
+    #[graphql(guard = "Authenticated")]
     async fn remove_book(
         &self,
         ctx: &Context<'_>,

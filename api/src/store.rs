@@ -46,6 +46,44 @@ pub trait ActivityFeed: Send + Sync {
     ) -> Result<Page<ActivityItem>, StoreError>;
 }
 
+/// Where a dead letter was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum DeadLetterSource {
+    /// A stream record the processor kept failing.
+    Stream,
+    /// An event a bus target kept failing (or could never handle).
+    Bus,
+}
+
+/// Something that kept failing and was set aside so the rest could go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Where it was set aside.
+    pub source: DeadLetterSource,
+    /// Its id there (the stream record's sequence number, or the bus queue entry's id).
+    pub id: i64,
+    /// The bus target it was for (bus dead letters).
+    pub target: Option<String>,
+    /// The event id it concerns.
+    pub event_id: Option<String>,
+    /// The last error.
+    pub reason: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// When it was set aside.
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    /// The record or event itself, as JSON.
+    pub payload: String,
+}
+
+/// The dead letters, for inspection (the local stack keeps them in its store; on AWS they are
+/// in SQS queues).
+#[async_trait]
+pub trait DeadLetterFeed: Send + Sync {
+    /// Up to `first` dead letters, oldest first.
+    async fn list(&self, first: usize) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

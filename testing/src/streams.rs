@@ -64,7 +64,7 @@ fn lambda_record(record: &Record, stream_arn: &str) -> Value {
         if let Some(time) = data.approximate_creation_date_time() {
             change.insert(
                 "ApproximateCreationDateTime".into(),
-                json!(time.as_secs_f64()),
+                json!(time.secs()), // whole seconds, as Lambda's event source mapping sends them
             );
         }
         for (name, value) in [

@@ -32,6 +32,57 @@ fn name_key(name: &BookName) -> SdkItem {
     )])
 }
 
+/// What a Scan or Query page gives: its items and where the next one starts.
+trait Paged {
+    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>);
+}
+
+impl Paged for aws_sdk_dynamodb::operation::scan::ScanOutput {
+    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>) {
+        (self.items.unwrap_or_default(), self.last_evaluated_key)
+    }
+}
+
+impl Paged for aws_sdk_dynamodb::operation::query::QueryOutput {
+    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>) {
+        (self.items.unwrap_or_default(), self.last_evaluated_key)
+    }
+}
+
+/// Up to `first` items from `start` on, calling `fetch(start, limit)` until it has one more
+/// than the page (so `has_next_page` is known without an empty page) or the table is done.
+/// (DynamoDB may return fewer items than `limit`, and a key to go on from, at 1 MB.)
+async fn page_of<F, Fut, O, E, R>(
+    first: usize,
+    mut start: Option<SdkItem>,
+    mut fetch: F,
+) -> Result<Page<SdkItem>, StoreError>
+where
+    F: FnMut(Option<SdkItem>, i32) -> Fut,
+    Fut: std::future::Future<Output = Result<O, SdkError<E, R>>>,
+    O: Paged,
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let wanted = first + 1;
+    let mut items = Vec::with_capacity(wanted);
+    loop {
+        let limit = i32::try_from(wanted - items.len()).unwrap_or(i32::MAX);
+        let (page, next) = fetch(start, limit).await.map_err(unavailable)?.into_parts();
+        items.extend(page);
+        start = next;
+        if items.len() >= wanted || start.is_none() {
+            break;
+        }
+    }
+    let has_next_page = items.len() > first;
+    items.truncate(first);
+    Ok(Page {
+        items,
+        has_next_page,
+    })
+}
+
 /// The books table on DynamoDB. Writes are conditional, so a conflict or an absent book
 /// changes nothing; the table's stream does the rest.
 #[derive(Debug, Clone)]
@@ -115,32 +166,23 @@ impl BookStore for DynamoBookStore {
     /// Books in the table's scan order (by key hash: stable, not alphabetical), continuing
     /// after `after` as the scan's exclusive start key.
     async fn list(&self, first: usize, after: Option<&BookName>) -> Result<Page<Book>, StoreError> {
-        // Ask for one more than the page, so `has_next_page` is known without an empty page.
-        let wanted = first + 1;
-        let mut items = Vec::with_capacity(wanted);
-        let mut start = after.map(name_key);
-        loop {
-            let output = self
-                .client
+        let page = page_of(first, after.map(name_key), |start, limit| {
+            self.client
                 .scan()
                 .table_name(&self.table)
                 .set_exclusive_start_key(start)
-                .limit(i32::try_from(wanted - items.len()).unwrap_or(i32::MAX))
+                .limit(limit)
                 .consistent_read(true)
                 .send()
-                .await
-                .map_err(unavailable)?;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key;
-            if items.len() >= wanted || start.is_none() {
-                break;
-            }
-        }
-        let has_next_page = items.len() > first;
-        items.truncate(first);
+        })
+        .await?;
         Ok(Page {
-            items: items.into_iter().map(book_from).collect::<Result<_, _>>()?,
-            has_next_page,
+            items: page
+                .items
+                .into_iter()
+                .map(book_from)
+                .collect::<Result<_, _>>()?,
+            has_next_page: page.has_next_page,
         })
     }
 }
@@ -190,12 +232,8 @@ impl ActivityFeed for DynamoActivityFeed {
             }
             None => None,
         };
-        let wanted = first + 1;
-        let mut items = Vec::with_capacity(wanted);
-        let mut start = start;
-        loop {
-            let output = self
-                .client
+        let page = page_of(first, start, |start, limit| {
+            self.client
                 .query()
                 .table_name(&self.table)
                 .index_name(ACTIVITY_INDEX)
@@ -203,19 +241,13 @@ impl ActivityFeed for DynamoActivityFeed {
                 .expression_attribute_values(":feed", AttributeValue::S(ACTIVITY_FEED.to_owned()))
                 .scan_index_forward(false)
                 .set_exclusive_start_key(start)
-                .limit(i32::try_from(wanted - items.len()).unwrap_or(i32::MAX))
+                .limit(limit)
                 .send()
-                .await
-                .map_err(unavailable)?;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key;
-            if items.len() >= wanted || start.is_none() {
-                break;
-            }
-        }
-        let has_next_page = items.len() > first;
-        items.truncate(first);
-        let items = items
+        })
+        .await?;
+        let has_next_page = page.has_next_page;
+        let items = page
+            .items
             .into_iter()
             .map(|raw| {
                 let entry =

@@ -250,7 +250,10 @@ async fn killed_at_random_many_times_nothing_is_lost_doubled_or_reordered() {
         *last = (*last).max(*seq);
     }
 
-    println!(
+    // Straight to stderr, past the test harness's capture, so the figures show in every run.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "crash test: {kills} kills, {} acknowledged mutations, {} events, {} lost, {} duplicated, {} undelivered, {} reordered, {} dead letters, SIGTERM stop in {:?}",
         *mutations.lock().await,
         stream.len(),

@@ -1,0 +1,304 @@
+//! Benchmarks of the local stack and the Lambda artifacts. They print figures; nothing here
+//! asserts a time. Run on an otherwise idle machine, in release mode:
+//!
+//! ```sh
+//! cargo run --release --example bench -- mapping    # processor: ns/record; a batch of 100 through the local bus
+//! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs raw SQLite
+//! cargo run --release --example bench -- latency    # addBook ack → consumer's activity committed, p50/p95/p99/max
+//! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build)
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops on the first surprise
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outboxdemo::stack::{self, Settings, Storage};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    match which.as_str() {
+        "mapping" => mapping().await,
+        "writes" => writes().await,
+        "latency" => latency().await,
+        "lambda" => lambda().await,
+        _ => eprintln!("usage: bench mapping|writes|latency|lambda"),
+    }
+}
+
+fn record(i: usize) -> Value {
+    json!({
+        "eventID": format!("{i:032x}"),
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "local",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1714564800,
+            "Keys": {"name": {"S": format!("Book {i}")}},
+            "NewImage": {"name": {"S": format!("Book {i}")}, "authors": {"L": [{"S": "An Author"}, {"S": "Another"}]}, "publishedYear": {"N": "1999"}},
+            "SequenceNumber": format!("{i:021}"),
+            "SizeBytes": 120,
+            "StreamViewType": "NEW_AND_OLD_IMAGES"
+        }
+    })
+}
+
+fn batch(from: usize) -> aws_lambda_events::dynamodb::Event {
+    serde_json::from_value(json!({"Records": (from..from + 100).map(record).collect::<Vec<_>>()}))
+        .unwrap()
+}
+
+async fn mapping() {
+    let event = batch(0);
+    let rounds = 2_000;
+    let started = Instant::now();
+    let mut mapped = 0usize;
+    for _ in 0..rounds {
+        for record in &event.records {
+            mapped += usize::from(processor::map_record(std::hint::black_box(record)).is_ok());
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "map_record: {mapped} records in {elapsed:?}: {:.0} ns/record, {:.0} records/s",
+        elapsed.as_nanos() as f64 / mapped as f64,
+        mapped as f64 / elapsed.as_secs_f64()
+    );
+
+    // A batch of 100 through the processor into the local bus's durable queues (one commit).
+    let dir = tempfile::tempdir().unwrap();
+    let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
+    let activity = Arc::new(outboxdemo::embedded::EmbeddedActivityStore::new(
+        Arc::clone(&db),
+    ));
+    let routes = consumers::ALL
+        .into_iter()
+        .map(|c| outboxdemo::bus::Route::consumer(c, activity.clone()))
+        .collect();
+    let bus = outboxdemo::bus::LocalBus::new(db, "bench", routes, Default::default());
+    let mut samples = Vec::new();
+    for round in 0..50 {
+        let event = batch(round * 100);
+        let started = Instant::now();
+        let response = processor::handle_batch(event, &bus).await;
+        samples.push(started.elapsed());
+        assert!(response.batch_item_failures.is_empty());
+    }
+    report(
+        "handle_batch(100 records) → local bus queue, durable",
+        &mut samples,
+    );
+}
+
+async fn spawn(
+    dir: &std::path::Path,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/graphql", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut settings = Settings::new(Storage::Dir(dir.to_owned()));
+    settings.api.max_complexity = usize::MAX;
+    let task = tokio::spawn(stack::run(listener, settings, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (url, stop, task)
+}
+
+async fn add(client: &reqwest::Client, url: &str, name: &str) {
+    let body: Value = client
+        .post(url)
+        .json(&json!({"query": "mutation($n: String!) { addBook(input: {name: $n, authors: [\"A\"], publishedYear: 2000}) { name } }", "variables": {"n": name}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body.get("errors").is_none(), "{body}");
+}
+
+async fn writes() {
+    for clients in [1usize, 8, 32, 128] {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, stop, task) = spawn(dir.path()).await;
+        let per_client = 2_000 / clients.max(1) + 20;
+        let started = Instant::now();
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    for i in 0..per_client {
+                        add(&client, &url, &format!("c{c}-{i}")).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let total = clients * per_client;
+        println!(
+            "addBook, {clients:>3} clients: {total} in {elapsed:.2?}: {:.0}/s",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    // The same durable writes with no API around them: one transaction each (book + stream
+    // record), synchronous=FULL, one thread.
+    let dir = tempfile::tempdir().unwrap();
+    let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
+    let store = outboxdemo::embedded::EmbeddedBookStore::new(db);
+    let total = 2_000;
+    let started = Instant::now();
+    for i in 0..total {
+        let book = domain::Book {
+            name: domain::BookName::parse(&format!("raw {i}")).unwrap(),
+            authors: domain::Authors::parse(&["A"]).unwrap(),
+            published_year: domain::PublishedYear::parse(2000).unwrap(),
+        };
+        api::BookStore::add(&store, &book).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "raw durable inserts (EmbeddedBookStore::add, no HTTP): {total} in {elapsed:.2?}: {:.0}/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn latency() {
+    for clients in [1usize, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, stop, task) = spawn(dir.path()).await;
+        let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
+        let per_client = if clients == 1 { 300 } else { 20 };
+        let samples = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let (url, db, samples) = (url.clone(), Arc::clone(&db), Arc::clone(&samples));
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    for i in 0..per_client {
+                        let name = format!("c{c}-{i}");
+                        add(&client, &url, &name).await;
+                        let acknowledged = Instant::now();
+                        // Poll the activity table (every 200 µs) until the consumer's entry is committed.
+                        loop {
+                            let name = name.clone();
+                            let done: bool = db
+                                .read(move |conn| {
+                                    Ok(conn.query_row(
+                                        "SELECT count(*) FROM activity WHERE json_extract(book, '$.name') = ?1",
+                                        [name],
+                                        |row| row.get::<_, i64>(0),
+                                    )? > 0)
+                                })
+                                .await
+                                .unwrap();
+                            if done {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                        samples.lock().await.push(acknowledged.elapsed());
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let mut samples = samples.lock().await.clone();
+        report(
+            &format!("ack → activity committed, {clients} clients"),
+            &mut samples,
+        );
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+}
+
+fn report(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{what}: n={} p50={:.2?} p95={:.2?} p99={:.2?} max={:.2?}",
+        samples.len(),
+        at(0.50),
+        at(0.95),
+        at(0.99),
+        samples[samples.len() - 1]
+    );
+}
+
+async fn lambda() {
+    for bin in [
+        "api",
+        "processor",
+        "book-added",
+        "book-removed",
+        "subscriptions",
+        "notifier",
+    ] {
+        let path = format!("target/lambda/{bin}/bootstrap");
+        let Ok(meta) = std::fs::metadata(&path) else {
+            println!("{bin}: no {path} (run cargo lambda build --release first)");
+            continue;
+        };
+        let mut cold = Vec::new();
+        let mut peak_kib = 0u64;
+        for _ in 0..10 {
+            let env = [
+                ("TABLE_NAME", "t"),
+                ("ACTIVITY_TABLE_NAME", "a"),
+                ("CONNECTIONS_TABLE_NAME", "c"),
+                ("WEBSOCKET_ENDPOINT", "http://127.0.0.1:9"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "x"),
+                ("AWS_SECRET_ACCESS_KEY", "x"),
+            ];
+            let harness = testing::runtime::LambdaHarness::start(&path, bin, &env)
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let first = loop {
+                if let Some(first) = harness.time_to_first_poll() {
+                    break first;
+                }
+                assert!(Instant::now() < deadline, "{bin} never polled");
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            };
+            cold.push(first);
+            if let Some(pid) = harness.pid() {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let hwm = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                peak_kib = peak_kib.max(hwm);
+            }
+        }
+        cold.sort();
+        println!(
+            "{bin:<14} {:>6.1} MB  exec → first poll: median {:.1?}, max {:.1?}  peak RSS {:.1} MB",
+            meta.len() as f64 / 1e6,
+            cold[cold.len() / 2],
+            cold[cold.len() - 1],
+            peak_kib as f64 / 1024.0
+        );
+    }
+}

@@ -18,7 +18,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use consumers::{ActivityStore, Consumer};
 use domain::event::{DetailType, Envelope};
 use processor::{EventPublisher, OutboxEvent, PublishError};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -29,6 +29,10 @@ use crate::embedded::{Db, DbError};
 
 /// How often an idle delivery task looks at its queue without being woken.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+/// The most events a delivery task takes from its queue at once; the delivered ones leave the
+/// queue in one write.
+const DELIVERY_BATCH: i64 = 64;
 
 /// Where a rule sends the events it matches: a consumer Lambda, locally.
 #[async_trait]
@@ -286,27 +290,97 @@ impl LocalBus {
         }
     }
 
-    /// Delivers the head of `route`'s queue. `None` when the queue is empty; otherwise how long
-    /// to wait before the next try (zero after a success).
+    /// Delivers the head of `route`'s queue, up to [`DELIVERY_BATCH`] events in order, and
+    /// takes the delivered ones off the queue in one write. `None` when the queue is empty;
+    /// otherwise how long to wait before the next try (zero unless an event failed).
     async fn deliver_next(&self, route: &Route) -> Result<Option<Duration>, DbError> {
         let target = route.name.clone();
-        let head = self
+        let heads = self
             .db
             .read(move |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT id, event, attempts FROM bus_queue WHERE target = ?1 ORDER BY id LIMIT 1",
-                        [target],
-                        |row| Ok(Queued { id: row.get(0)?, event: row.get(1)?, attempts: row.get(2)? }),
-                    )
-                    .optional()?)
+                let mut statement = conn.prepare_cached(
+                    "SELECT id, event, attempts FROM bus_queue WHERE target = ?1 ORDER BY id LIMIT ?2",
+                )?;
+                let rows = statement.query_map(params![target, DELIVERY_BATCH], |row| {
+                    Ok(Queued {
+                        id: row.get(0)?,
+                        event: row.get(1)?,
+                        attempts: row.get(2)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?;
-        let Some(head) = head else {
+        if heads.is_empty() {
             return Ok(None);
+        }
+
+        let mut delivered = Vec::with_capacity(heads.len());
+        let mut failed = None;
+        for head in heads {
+            match self.deliver_one(route, &head).await {
+                Ok(()) => delivered.push(head.id),
+                Err(error) => {
+                    failed = Some((head, error));
+                    break;
+                }
+            }
+        }
+        let Some((head, error)) = failed else {
+            self.db.write(move |conn| dequeue(conn, &delivered)).await?;
+            return Ok(Some(Duration::ZERO));
         };
 
-        let result = match serde_json::from_str::<EventBridgeEvent<Value>>(&head.event) {
+        let id = head.id;
+        let attempts = head.attempts + 1;
+        let event_id = serde_json::from_str::<Value>(&head.event)
+            .map(|event| event_id_of(&event["detail"]))
+            .unwrap_or_default();
+        if !error.retryable || attempts >= self.options.max_attempts {
+            tracing::error!(
+                target_name = %route.name, %event_id, attempts, %error,
+                "delivery failed for good; event dead-lettered"
+            );
+            let target = route.name.clone();
+            let reason = error.message;
+            let event = head.event;
+            self.db
+                .write(move |conn| {
+                    dequeue(conn, &delivered)?;
+                    conn.execute(
+                        "INSERT INTO bus_dead_letters (id, target, event, reason, attempts, failed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![id, target, event, reason, attempts, chrono::Utc::now().to_rfc3339()],
+                    )?;
+                    dequeue(conn, &[id])
+                })
+                .await?;
+            return Ok(Some(Duration::ZERO));
+        }
+        tracing::warn!(target_name = %route.name, %event_id, attempts, %error, "delivery failed; retrying");
+        let message = error.message;
+        self.db
+            .write(move |conn| {
+                dequeue(conn, &delivered)?;
+                conn.execute(
+                    "UPDATE bus_queue SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+                    params![id, attempts, message],
+                )?;
+                Ok(())
+            })
+            .await?;
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
+        Ok(Some(
+            self.options
+                .first_backoff
+                .saturating_mul(factor)
+                .min(self.options.max_backoff),
+        ))
+    }
+
+    /// Hands one queued event to `route`'s target.
+    async fn deliver_one(&self, route: &Route, head: &Queued) -> Result<(), DeliveryError> {
+        match serde_json::from_str::<EventBridgeEvent<Value>>(&head.event) {
             Ok(event) => {
                 let event_id = event_id_of(&event.detail);
                 let span = tracing::info_span!("deliver", target_name = %route.name, %event_id);
@@ -316,67 +390,17 @@ impl LocalBus {
                 retryable: false,
                 message: format!("queued event is not an EventBridge event: {error}"),
             }),
-        };
-        let id = head.id;
-        match result {
-            Ok(()) => {
-                self.db
-                    .write(move |conn| {
-                        conn.execute("DELETE FROM bus_queue WHERE id = ?1", [id])?;
-                        Ok(())
-                    })
-                    .await?;
-                Ok(Some(Duration::ZERO))
-            }
-            Err(error) => {
-                let attempts = head.attempts + 1;
-                let event_id = serde_json::from_str::<Value>(&head.event)
-                    .map(|event| event_id_of(&event["detail"]))
-                    .unwrap_or_default();
-                if !error.retryable || attempts >= self.options.max_attempts {
-                    tracing::error!(
-                        target_name = %route.name, %event_id, attempts, %error,
-                        "delivery failed for good; event dead-lettered"
-                    );
-                    let target = route.name.clone();
-                    let reason = error.message;
-                    let event = head.event;
-                    self.db
-                        .write(move |conn| {
-                            let tx = conn.transaction()?;
-                            tx.execute(
-                                "INSERT INTO bus_dead_letters (id, target, event, reason, attempts, failed_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                                params![id, target, event, reason, attempts, chrono::Utc::now().to_rfc3339()],
-                            )?;
-                            tx.execute("DELETE FROM bus_queue WHERE id = ?1", [id])?;
-                            tx.commit()?;
-                            Ok(())
-                        })
-                        .await?;
-                    return Ok(Some(Duration::ZERO));
-                }
-                tracing::warn!(target_name = %route.name, %event_id, attempts, %error, "delivery failed; retrying");
-                let message = error.message;
-                self.db
-                    .write(move |conn| {
-                        conn.execute(
-                            "UPDATE bus_queue SET attempts = ?2, last_error = ?3 WHERE id = ?1",
-                            params![id, attempts, message],
-                        )?;
-                        Ok(())
-                    })
-                    .await?;
-                let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-                Ok(Some(
-                    self.options
-                        .first_backoff
-                        .saturating_mul(factor)
-                        .min(self.options.max_backoff),
-                ))
-            }
         }
     }
+}
+
+/// Takes delivered entries off the queue.
+fn dequeue(conn: &rusqlite::Connection, ids: &[i64]) -> Result<(), DbError> {
+    let mut delete = conn.prepare_cached("DELETE FROM bus_queue WHERE id = ?1")?;
+    for id in ids {
+        delete.execute([id])?;
+    }
+    Ok(())
 }
 
 fn event_id_of(detail: &Value) -> String {
@@ -406,15 +430,11 @@ impl EventPublisher for LocalBus {
         let targets: Vec<String> = rows.iter().map(|(target, _)| target.clone()).collect();
         self.db
             .write(move |conn| {
-                let tx = conn.transaction()?;
-                {
-                    let mut insert =
-                        tx.prepare_cached("INSERT INTO bus_queue (target, event) VALUES (?1, ?2)")?;
-                    for (target, event) in &rows {
-                        insert.execute(params![target, event])?;
-                    }
+                let mut insert =
+                    conn.prepare_cached("INSERT INTO bus_queue (target, event) VALUES (?1, ?2)")?;
+                for (target, event) in &rows {
+                    insert.execute(params![target, event])?;
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await

@@ -318,14 +318,7 @@ impl<H: BatchHandler> StreamReader<H> {
     where
         F: FnOnce(&rusqlite::Connection) -> Result<(), DbError> + Send + 'static,
     {
-        self.db
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                work(&tx)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+        self.db.write(work).await
     }
 }
 

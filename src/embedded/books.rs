@@ -6,7 +6,7 @@ use api::{BookStore, Page, StoreError};
 use async_trait::async_trait;
 use domain::item;
 use domain::{Book, BookName};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Db, DbError};
 
@@ -34,9 +34,9 @@ fn book_from_json(json: &str) -> Result<Book, DbError> {
     item::from_item(item).map_err(|e| DbError::Corrupt(format!("stored item is not a book: {e}")))
 }
 
-/// Appends a stream record in the caller's transaction.
+/// Appends a stream record in the caller's write (so it commits with the change).
 fn append_record(
-    tx: &Transaction<'_>,
+    conn: &Connection,
     event_name: &str,
     name: &BookName,
     new_image: Option<&str>,
@@ -44,7 +44,7 @@ fn append_record(
 ) -> Result<(), DbError> {
     let keys = serde_json::to_string(&item::key(name))?;
     let event_id = uuid::Uuid::new_v4().simple().to_string();
-    tx.execute(
+    conn.execute(
         "INSERT INTO stream (event_id, event_name, keys, new_image, old_image, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -80,16 +80,14 @@ impl BookStore for EmbeddedBookStore {
         let outcome = self
             .db
             .write(move |conn| {
-                let tx = conn.transaction()?;
-                let inserted = tx.execute(
+                let inserted = conn.execute(
                     "INSERT INTO books (name, item) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
                     params![book.name.as_str(), json],
                 )?;
                 if inserted == 0 {
                     return Ok(Outcome::Refused(StoreError::Conflict(book.name)));
                 }
-                append_record(&tx, "INSERT", &book.name, Some(&json), None)?;
-                tx.commit()?;
+                append_record(conn, "INSERT", &book.name, Some(&json), None)?;
                 Ok(Outcome::Done(()))
             })
             .await;
@@ -105,8 +103,7 @@ impl BookStore for EmbeddedBookStore {
         let outcome = self
             .db
             .write(move |conn| {
-                let tx = conn.transaction()?;
-                let old: Option<String> = tx
+                let old: Option<String> = conn
                     .query_row(
                         "DELETE FROM books WHERE name = ?1 RETURNING item",
                         [name.as_str()],
@@ -117,8 +114,7 @@ impl BookStore for EmbeddedBookStore {
                     return Ok(Outcome::Refused(StoreError::NotFound(name)));
                 };
                 let book = book_from_json(&old)?;
-                append_record(&tx, "REMOVE", &name, None, Some(&old))?;
-                tx.commit()?;
+                append_record(conn, "REMOVE", &name, None, Some(&old))?;
                 Ok(Outcome::Done(book))
             })
             .await;

@@ -69,8 +69,7 @@ impl EmbeddedDeadLetters {
     pub async fn redrive_bus(&self, id: i64) -> Result<bool, DbError> {
         self.db
             .write(move |conn| {
-                let tx = conn.transaction()?;
-                let letter: Option<(String, String)> = tx
+                let letter: Option<(String, String)> = conn
                     .query_row(
                         "SELECT target, event FROM bus_dead_letters WHERE id = ?1",
                         [id],
@@ -80,12 +79,11 @@ impl EmbeddedDeadLetters {
                 let Some((target, event)) = letter else {
                     return Ok(false);
                 };
-                tx.execute(
+                conn.execute(
                     "INSERT INTO bus_queue (target, event) VALUES (?1, ?2)",
                     params![target, event],
                 )?;
-                tx.execute("DELETE FROM bus_dead_letters WHERE id = ?1", [id])?;
-                tx.commit()?;
+                conn.execute("DELETE FROM bus_dead_letters WHERE id = ?1", [id])?;
                 Ok(true)
             })
             .await

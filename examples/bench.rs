@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release --example bench -- mapping    # processor: ns/record; a batch of 100 through the local bus
 //! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs raw SQLite
-//! cargo run --release --example bench -- latency    # addBook ack → consumer's activity committed, p50/p95/p99/max
+//! cargo run --release --example bench -- latency    # addBook ack → activity committed and → a WebSocket subscriber, p50/p95/p99/max
 //! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build)
 //! ```
 
@@ -178,41 +178,163 @@ async fn writes() {
     );
 }
 
+/// When one book's change was acknowledged and seen downstream.
+#[derive(Default)]
+struct Arrivals {
+    acknowledged: Option<Instant>,
+    activity: Option<Instant>,
+    subscriber: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Watch {
+    books: std::sync::Mutex<std::collections::HashMap<String, Arrivals>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Watch {
+    fn mark(&self, name: &str, at: Instant, which: fn(&mut Arrivals) -> &mut Option<Instant>) {
+        let mut books = self.books.lock().unwrap();
+        which(books.entry(name.to_owned()).or_default()).get_or_insert(at);
+        drop(books);
+        self.changed.notify_waiters();
+    }
+
+    async fn seen_downstream(&self, name: &str) {
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(book) = self.books.lock().unwrap().get(name)
+                && book.activity.is_some()
+                && book.subscriber.is_some()
+            {
+                return;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = &mut deadline => panic!("{name} was not seen downstream within 10 s"),
+            }
+        }
+    }
+}
+
+/// A `graphql-transport-ws` subscriber to `bookAdded` that marks when each book arrives.
+async fn subscribe(url: &str, watch: Arc<Watch>) -> tokio::task::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let mut request = format!("{}/ws", url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        let message = socket.next().await.unwrap().unwrap();
+        if let Message::Text(text) = message
+            && serde_json::from_str::<Value>(&text).unwrap()["type"] == "connection_ack"
+        {
+            break;
+        }
+    }
+    socket
+        .send(Message::text(
+            json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { bookAdded { name } }"}})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let at = Instant::now();
+            let message: Value = serde_json::from_str(&text).unwrap();
+            match message["type"].as_str() {
+                Some("next") => {
+                    let name = message["payload"]["data"]["bookAdded"]["name"]
+                        .as_str()
+                        .unwrap();
+                    watch.mark(name, at, |a| &mut a.subscriber);
+                }
+                Some("ping") => {
+                    let _ = socket
+                        .send(Message::text(json!({"type": "pong"}).to_string()))
+                        .await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Tails the activity table on a connection of its own, every 100 µs, and marks when each
+/// book's entry is first visible (committed).
+fn tail_activity(
+    dir: &std::path::Path,
+    watch: Arc<Watch>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let path = dir.join(outboxdemo::embedded::DB_FILE);
+    std::thread::spawn(move || {
+        let conn =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let mut after = 0i64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT position, json_extract(book, '$.name') FROM activity WHERE position > ?1 ORDER BY position",
+                )
+                .unwrap();
+            let rows: Vec<(i64, String)> = statement
+                .query_map([after], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let at = Instant::now();
+            for (position, name) in rows {
+                after = position;
+                watch.mark(&name, at, |a| &mut a.activity);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    })
+}
+
+/// Each client adds a book and waits until both its consumer's activity entry is committed and
+/// a WebSocket subscriber received it, then adds the next.
 async fn latency() {
     for clients in [1usize, 32] {
         let dir = tempfile::tempdir().unwrap();
         let (url, stop, task) = spawn(dir.path()).await;
-        let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
-        let per_client = if clients == 1 { 300 } else { 20 };
-        let samples = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let watch = Arc::new(Watch::default());
+        let subscriber = subscribe(&url, Arc::clone(&watch)).await;
+        let tailing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tail = tail_activity(dir.path(), Arc::clone(&watch), Arc::clone(&tailing));
+        let per_client = if clients == 1 { 500 } else { 60 };
         let workers: Vec<_> = (0..clients)
             .map(|c| {
-                let (url, db, samples) = (url.clone(), Arc::clone(&db), Arc::clone(&samples));
+                let (url, watch) = (url.clone(), Arc::clone(&watch));
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
                     for i in 0..per_client {
                         let name = format!("c{c}-{i}");
                         add(&client, &url, &name).await;
-                        let acknowledged = Instant::now();
-                        // Poll the activity table (every 200 µs) until the consumer's entry is committed.
-                        loop {
-                            let name = name.clone();
-                            let done: bool = db
-                                .read(move |conn| {
-                                    Ok(conn.query_row(
-                                        "SELECT count(*) FROM activity WHERE json_extract(book, '$.name') = ?1",
-                                        [name],
-                                        |row| row.get::<_, i64>(0),
-                                    )? > 0)
-                                })
-                                .await
-                                .unwrap();
-                            if done {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_micros(200)).await;
-                        }
-                        samples.lock().await.push(acknowledged.elapsed());
+                        watch.mark(&name, Instant::now(), |a| &mut a.acknowledged);
+                        watch.seen_downstream(&name).await;
                     }
                 })
             })
@@ -220,10 +342,33 @@ async fn latency() {
         for worker in workers {
             worker.await.unwrap();
         }
-        let mut samples = samples.lock().await.clone();
+        tailing.store(true, std::sync::atomic::Ordering::Relaxed);
+        tail.join().unwrap();
+        subscriber.abort();
+        let (mut activity, mut subscribers): (Vec<_>, Vec<_>) = watch
+            .books
+            .lock()
+            .unwrap()
+            .values()
+            .map(|book| {
+                let acknowledged = book.acknowledged.unwrap();
+                (
+                    book.activity
+                        .unwrap()
+                        .saturating_duration_since(acknowledged),
+                    book.subscriber
+                        .unwrap()
+                        .saturating_duration_since(acknowledged),
+                )
+            })
+            .unzip();
         report(
-            &format!("ack → activity committed, {clients} clients"),
-            &mut samples,
+            &format!("ack → activity committed, {clients:>2} clients"),
+            &mut activity,
+        );
+        report(
+            &format!("ack → subscriber got it,  {clients:>2} clients"),
+            &mut subscribers,
         );
         let _ = stop.send(());
         task.await.unwrap().unwrap();

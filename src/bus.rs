@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use api::{BookEvent, EventHub};
@@ -39,6 +40,14 @@ const DELIVERY_BATCH: i64 = 64;
 pub trait Target: Send + Sync {
     /// Handles one event.
     async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError>;
+
+    /// Whether the bus may overlap this target's deliveries: start each one as soon as the
+    /// previous one has *started* rather than finished. Only for a target whose effects are
+    /// put in order by its first step, such as a write to the embedded store (queued when
+    /// called). Off by default: one delivery at a time.
+    fn overlaps(&self) -> bool {
+        false
+    }
 }
 
 /// A target's failure to handle an event.
@@ -84,6 +93,12 @@ impl Target for ConsumerTarget {
                 retryable: e.is_retryable(),
                 message: e.to_string(),
             })
+    }
+
+    /// A consumer's first step is its activity write, which the embedded store queues in call
+    /// order; overlapping lets a batch's writes share commits while landing in event order.
+    fn overlaps(&self) -> bool {
+        true
     }
 }
 
@@ -315,17 +330,7 @@ impl LocalBus {
             return Ok(None);
         }
 
-        let mut delivered = Vec::with_capacity(heads.len());
-        let mut failed = None;
-        for head in heads {
-            match self.deliver_one(route, &head).await {
-                Ok(()) => delivered.push(head.id),
-                Err(error) => {
-                    failed = Some((head, error));
-                    break;
-                }
-            }
-        }
+        let (delivered, failed) = self.deliver_in_order(route, heads).await;
         let Some((head, error)) = failed else {
             self.db.write(move |conn| dequeue(conn, &delivered)).await?;
             return Ok(Some(Duration::ZERO));
@@ -378,19 +383,66 @@ impl LocalBus {
         ))
     }
 
-    /// Hands one queued event to `route`'s target.
-    async fn deliver_one(&self, route: &Route, head: &Queued) -> Result<(), DeliveryError> {
-        match serde_json::from_str::<EventBridgeEvent<Value>>(&head.event) {
-            Ok(event) => {
-                let event_id = event_id_of(&event.detail);
-                let span = tracing::info_span!("deliver", target_name = %route.name, %event_id);
-                route.target.deliver(event).instrument(span).await
+    /// Hands queued events to `route`'s target in order, overlapping them if the target
+    /// allows. Returns the ids delivered before the first failure, and that failure.
+    async fn deliver_in_order(
+        &self,
+        route: &Route,
+        heads: Vec<Queued>,
+    ) -> (Vec<i64>, Option<(Queued, DeliveryError)>) {
+        let mut delivered = Vec::with_capacity(heads.len());
+        if !route.target.overlaps() {
+            for head in heads {
+                match deliver_one(route, &head.event).await {
+                    Ok(()) => delivered.push(head.id),
+                    Err(error) => return (delivered, Some((head, error))),
+                }
             }
-            Err(error) => Err(DeliveryError {
-                retryable: false,
-                message: format!("queued event is not an EventBridge event: {error}"),
-            }),
+            return (delivered, None);
         }
+        // Start each delivery in turn (its first poll takes its first step), then let them
+        // finish together. One that fails at once stops the batch there.
+        let mut started = Vec::with_capacity(heads.len());
+        for head in &heads {
+            let mut delivery = Box::pin(deliver_one(route, &head.event));
+            let first = std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
+            let failed_at_once = matches!(first, Poll::Ready(Err(_)));
+            started.push(async move {
+                match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => delivery.await,
+                }
+            });
+            if failed_at_once {
+                break;
+            }
+        }
+        let results = futures_util::future::join_all(started).await;
+        // A delivery that failed later (its write did not commit) may have been overtaken by
+        // the ones after it; they stay queued too and are delivered again, which targets
+        // dedupe.
+        for (head, result) in heads.into_iter().zip(results) {
+            match result {
+                Ok(()) => delivered.push(head.id),
+                Err(error) => return (delivered, Some((head, error))),
+            }
+        }
+        (delivered, None)
+    }
+}
+
+/// Hands one queued event (EventBridge's JSON) to `route`'s target.
+async fn deliver_one(route: &Route, event: &str) -> Result<(), DeliveryError> {
+    match serde_json::from_str::<EventBridgeEvent<Value>>(event) {
+        Ok(event) => {
+            let event_id = event_id_of(&event.detail);
+            let span = tracing::info_span!("deliver", target_name = %route.name, %event_id);
+            route.target.deliver(event).instrument(span).await
+        }
+        Err(error) => Err(DeliveryError {
+            retryable: false,
+            message: format!("queued event is not an EventBridge event: {error}"),
+        }),
     }
 }
 

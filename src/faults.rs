@@ -93,6 +93,14 @@ impl Target for FaultyTarget {
         }
         self.inner.deliver(event).await
     }
+
+    /// As the real target, unless deliveries are failed on purpose: then one at a time, so a
+    /// retried event is not overtaken by the ones after it.
+    fn overlaps(&self) -> bool {
+        self.faults.delivery_failure_rate == 0.0
+            && self.faults.poison.is_none()
+            && self.inner.overlaps()
+    }
 }
 
 /// `route`, its target broken as `faults` say.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::{ApiOptions, EventHub};
+use axum::serve::ListenerExt;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -122,6 +123,13 @@ pub async fn run(
     let schema = api::build_schema_with(books, activity, hub, Some(dead_letters), &settings.api);
     let app = api::router::router_with(schema, &settings.api);
     tracing::info!(address = %listener.local_addr()?, storage = ?settings.storage, "serving");
+    // Small responses and WebSocket frames go out at once rather than waiting on Nagle's
+    // algorithm for the peer's delayed ACK (up to 40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

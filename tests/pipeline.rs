@@ -15,7 +15,7 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use domain::event::{DetailType, Envelope, Metadata};
 use domain::{Authors, Book, BookName, BookSnapshot, PublishedYear};
 use outboxdemo::bus::{self, DeliveryError, DeliveryOptions, LocalBus, Route, Target};
-use outboxdemo::embedded::{Db, EmbeddedBookStore};
+use outboxdemo::embedded::{Db, EmbeddedActivityStore, EmbeddedBookStore};
 use outboxdemo::stream::{self, BatchHandler, ReaderOptions, StreamReader};
 use processor::{EventPublisher, OutboxEvent};
 use serde_json::Value;
@@ -240,6 +240,8 @@ struct ScriptedTarget {
     got: Mutex<Vec<EventBridgeEvent<Value>>>,
     /// Per book name: how many deliveries to fail, and whether the failure is retryable.
     failures: Mutex<HashMap<String, (u32, bool)>>,
+    /// Whether the bus may overlap deliveries (they all finish in their first step here).
+    overlap: bool,
 }
 
 #[async_trait]
@@ -264,6 +266,10 @@ impl Target for ScriptedTarget {
         }
         self.got.lock().unwrap().push(event);
         Ok(())
+    }
+
+    fn overlaps(&self) -> bool {
+        self.overlap
     }
 }
 
@@ -350,9 +356,21 @@ async fn the_bus_routes_by_detail_type_and_delivers_eventbridge_events_in_order(
 
 #[tokio::test]
 async fn the_bus_retries_then_dead_letters_without_blocking_the_queue() {
+    retries_then_dead_letters(false).await;
+}
+
+#[tokio::test]
+async fn overlapped_deliveries_retry_and_dead_letter_alike() {
+    retries_then_dead_letters(true).await;
+}
+
+async fn retries_then_dead_letters(overlap: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
-    let target = Arc::new(ScriptedTarget::default());
+    let target = Arc::new(ScriptedTarget {
+        overlap,
+        ..ScriptedTarget::default()
+    });
     *target.failures.lock().unwrap() = HashMap::from([
         ("Flaky".to_owned(), (2, true)),
         ("Hopeless".to_owned(), (u32::MAX, true)),
@@ -436,4 +454,54 @@ async fn queued_deliveries_survive_a_restart() {
     while tasks.join_next().await.is_some() {}
     assert_eq!(names(&target), ["A", "B"]);
     assert_eq!(bus::queued(&db).await.unwrap(), 0);
+}
+
+/// A consumer's deliveries overlap (their writes share commits), yet the activity lands in the
+/// order of the queue, once per event.
+#[tokio::test]
+async fn a_consumer_records_a_large_backlog_in_queue_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(&db)));
+    let route = Route::consumer(consumers::book_added::CONSUMER, activity.clone());
+    assert!(route.target.overlaps());
+    let bus = Arc::new(LocalBus::new(
+        Arc::clone(&db),
+        "test-bus",
+        vec![route],
+        DeliveryOptions::default(),
+    ));
+    let names: Vec<String> = (0..300).map(|i| format!("Book {i:03}")).collect();
+    // Queued before delivery starts, so the deliveries run in full batches.
+    for chunk in names.chunks(50) {
+        let events: Vec<_> = chunk
+            .iter()
+            .map(|name| outbox_event(DetailType::Added, name, &format!("id-{name}")))
+            .collect();
+        bus.publish(&events).await.unwrap();
+    }
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    bus.spawn_deliveries(&mut tasks, &stop);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while bus::queued(&db).await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+
+    let page = api::ActivityFeed::list(activity.as_ref(), 1000, None)
+        .await
+        .unwrap();
+    let recorded: Vec<String> = page
+        .items
+        .iter()
+        .rev()
+        .map(|item| item.entry.book.name.as_str().to_owned())
+        .collect();
+    assert_eq!(recorded, names);
 }

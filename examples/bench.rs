@@ -3,9 +3,9 @@
 //!
 //! ```sh
 //! cargo run --release --example bench -- mapping    # processor: ns/record; a batch of 100 through the local bus
-//! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs raw SQLite
+//! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs the store's raw add
 //! cargo run --release --example bench -- latency    # addBook ack → activity committed and → a WebSocket subscriber, p50/p95/p99/max
-//! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build)
+//! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build --profile lambda)
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops on the first surprise
@@ -126,11 +126,14 @@ async fn add(client: &reqwest::Client, url: &str, name: &str) {
     assert!(body.get("errors").is_none(), "{body}");
 }
 
+/// `addBook`/s over HTTP at each concurrency, next to the same store's durable `add` called
+/// directly by as many tasks (no HTTP, no GraphQL): the local physical limit.
 async fn writes() {
     for clients in [1usize, 8, 32, 128] {
+        let total = if clients == 1 { 3_000 } else { 10_000 };
+        let per_client = total / clients;
         let dir = tempfile::tempdir().unwrap();
         let (url, stop, task) = spawn(dir.path()).await;
-        let per_client = 2_000 / clients.max(1) + 20;
         let started = Instant::now();
         let workers: Vec<_> = (0..clients)
             .map(|c| {
@@ -146,36 +149,43 @@ async fn writes() {
         for worker in workers {
             worker.await.unwrap();
         }
-        let elapsed = started.elapsed();
-        let total = clients * per_client;
-        println!(
-            "addBook, {clients:>3} clients: {total} in {elapsed:.2?}: {:.0}/s",
-            total as f64 / elapsed.as_secs_f64()
-        );
+        let api = (clients * per_client) as f64 / started.elapsed().as_secs_f64();
         let _ = stop.send(());
         task.await.unwrap().unwrap();
-    }
 
-    // The same durable writes with no API around them: one transaction each (book + stream
-    // record), synchronous=FULL, one thread.
+        let raw = raw_adds(clients, per_client).await;
+        println!(
+            "addBook, {clients:>3} clients: {api:>6.0}/s   raw add, {clients:>3} tasks: {raw:>6.0}/s   ratio {:.2}",
+            api / raw
+        );
+    }
+}
+
+/// Durable `EmbeddedBookStore::add` calls per second from `tasks` concurrent tasks.
+async fn raw_adds(tasks: usize, per_task: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
-    let store = outboxdemo::embedded::EmbeddedBookStore::new(db);
-    let total = 2_000;
+    let store = Arc::new(outboxdemo::embedded::EmbeddedBookStore::new(db));
     let started = Instant::now();
-    for i in 0..total {
-        let book = domain::Book {
-            name: domain::BookName::parse(&format!("raw {i}")).unwrap(),
-            authors: domain::Authors::parse(&["A"]).unwrap(),
-            published_year: domain::PublishedYear::parse(2000).unwrap(),
-        };
-        api::BookStore::add(&store, &book).await.unwrap();
+    let workers: Vec<_> = (0..tasks)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let book = domain::Book {
+                        name: domain::BookName::parse(&format!("raw {t}-{i}")).unwrap(),
+                        authors: domain::Authors::parse(&["A"]).unwrap(),
+                        published_year: domain::PublishedYear::parse(2000).unwrap(),
+                    };
+                    api::BookStore::add(store.as_ref(), &book).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
     }
-    let elapsed = started.elapsed();
-    println!(
-        "raw durable inserts (EmbeddedBookStore::add, no HTTP): {total} in {elapsed:.2?}: {:.0}/s",
-        total as f64 / elapsed.as_secs_f64()
-    );
+    (tasks * per_task) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// When one book's change was acknowledged and seen downstream.
@@ -399,7 +409,7 @@ async fn lambda() {
     ] {
         let path = format!("target/lambda/{bin}/bootstrap");
         let Ok(meta) = std::fs::metadata(&path) else {
-            println!("{bin}: no {path} (run cargo lambda build --release first)");
+            println!("{bin}: no {path} (run cargo lambda build --profile lambda first)");
             continue;
         };
         let mut cold = Vec::new();

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::embedded::{Db, DbError};
+use crate::embedded::{Db, DbError, WriteInFlight};
 
 /// How often an idle delivery task looks at its queue without being woken.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
@@ -280,8 +280,9 @@ impl LocalBus {
         let Some(waker) = self.wakers.get(&route.name).cloned() else {
             return;
         };
+        let mut position = QueuePosition::default();
         while !shutdown.is_cancelled() {
-            let wait = match self.deliver_next(&route).await {
+            let wait = match self.deliver_next(&route, &mut position).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => {
                     // Woken by this process's publishes; the slow re-check also picks up what
@@ -295,6 +296,8 @@ impl LocalBus {
                 }
                 Err(error) => {
                     tracing::error!(target_name = %route.name, %error, "bus queue failed; retrying");
+                    // Start again from the head: whatever was not taken off is delivered again.
+                    position = QueuePosition::default();
                     self.options.max_backoff
                 }
             };
@@ -308,15 +311,21 @@ impl LocalBus {
     /// Delivers the head of `route`'s queue, up to [`DELIVERY_BATCH`] events in order, and
     /// takes the delivered ones off the queue in one write. `None` when the queue is empty;
     /// otherwise how long to wait before the next try (zero unless an event failed).
-    async fn deliver_next(&self, route: &Route) -> Result<Option<Duration>, DbError> {
+    async fn deliver_next(
+        &self,
+        route: &Route,
+        position: &mut QueuePosition,
+    ) -> Result<Option<Duration>, DbError> {
         let target = route.name.clone();
+        let after = position.after;
         let heads = self
             .db
             .read(move |conn| {
                 let mut statement = conn.prepare_cached(
-                    "SELECT id, event, attempts FROM bus_queue WHERE target = ?1 ORDER BY id LIMIT ?2",
+                    "SELECT id, event, attempts FROM bus_queue WHERE target = ?1 AND id > ?2
+                     ORDER BY id LIMIT ?3",
                 )?;
-                let rows = statement.query_map(params![target, DELIVERY_BATCH], |row| {
+                let rows = statement.query_map(params![target, after, DELIVERY_BATCH], |row| {
                     Ok(Queued {
                         id: row.get(0)?,
                         event: row.get(1)?,
@@ -327,12 +336,20 @@ impl LocalBus {
             })
             .await?;
         if heads.is_empty() {
+            position.dequeued().await?;
             return Ok(None);
         }
 
         let (delivered, failed) = self.deliver_in_order(route, heads).await;
+        // The previous batch's dequeue has had this batch's time to commit.
+        position.dequeued().await?;
         let Some((head, error)) = failed else {
-            self.db.write(move |conn| dequeue(conn, &delivered)).await?;
+            if let Some(&last) = delivered.last() {
+                position.after = last;
+                position.dequeuing = Some(Box::pin(
+                    self.db.write(move |conn| dequeue(conn, &delivered)),
+                ));
+            }
             return Ok(Some(Duration::ZERO));
         };
 
@@ -360,6 +377,7 @@ impl LocalBus {
                     dequeue(conn, &[id])
                 })
                 .await?;
+            position.after = id;
             return Ok(Some(Duration::ZERO));
         }
         tracing::warn!(target_name = %route.name, %event_id, attempts, %error, "delivery failed; retrying");
@@ -374,6 +392,7 @@ impl LocalBus {
                 Ok(())
             })
             .await?;
+        position.after = id - 1;
         let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
         Ok(Some(
             self.options
@@ -443,6 +462,27 @@ async fn deliver_one(route: &Route, event: &str) -> Result<(), DeliveryError> {
             retryable: false,
             message: format!("queued event is not an EventBridge event: {error}"),
         }),
+    }
+}
+
+/// Where a delivery task is in its queue. Delivered entries are taken off the queue in a write
+/// that commits while the next batch is delivered; until then `after` keeps them from being
+/// read again.
+#[derive(Default)]
+struct QueuePosition {
+    /// The last entry handled (delivered or set aside) by this task.
+    after: i64,
+    /// The write taking the last batch off the queue, if not yet awaited.
+    dequeuing: Option<WriteInFlight>,
+}
+
+impl QueuePosition {
+    /// Waits for the pending dequeue, if any.
+    async fn dequeued(&mut self) -> Result<(), DbError> {
+        match self.dequeuing.take() {
+            Some(write) => write.await,
+            None => Ok(()),
+        }
     }
 }
 

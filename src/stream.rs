@@ -18,7 +18,7 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::{Db, DbError};
+use crate::embedded::{Db, DbError, WriteInFlight};
 
 /// The name under which the processor's checkpoint is stored.
 pub const PROCESSOR: &str = "processor";
@@ -182,11 +182,11 @@ async fn read_batch(db: &Arc<Db>, after: i64, limit: usize) -> Result<Vec<Stored
 }
 
 fn save_checkpoint(conn: &rusqlite::Connection, seq: i64) -> Result<(), DbError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO checkpoints (reader, seq) VALUES (?1, ?2)
          ON CONFLICT (reader) DO UPDATE SET seq = excluded.seq",
-        params![PROCESSOR, seq],
-    )?;
+    )?
+    .execute(params![PROCESSOR, seq])?;
     Ok(())
 }
 
@@ -229,8 +229,9 @@ impl<H: BatchHandler> StreamReader<H> {
             }
         };
         let mut failing = Failing::default();
+        let mut saving = None;
         while !shutdown.is_cancelled() {
-            match self.step(checkpoint, &mut failing).await {
+            match self.step(checkpoint, &mut failing, &mut saving).await {
                 Ok(Step::Advanced(seq)) => checkpoint = seq,
                 Ok(Step::Idle) => {
                     tokio::select! {
@@ -249,9 +250,19 @@ impl<H: BatchHandler> StreamReader<H> {
         }
     }
 
-    /// Reads and handles one batch after `checkpoint`.
-    async fn step(&self, checkpoint: i64, failing: &mut Failing) -> Result<Step, DbError> {
+    /// Reads and handles one batch after `checkpoint`. After a fully handled batch the
+    /// checkpoint is saved by a write left in `saving`, which commits while the next batch is
+    /// read and handled; it is awaited before the next checkpoint write.
+    async fn step(
+        &self,
+        checkpoint: i64,
+        failing: &mut Failing,
+        saving: &mut Option<WriteInFlight>,
+    ) -> Result<Step, DbError> {
         let records = read_batch(&self.db, checkpoint, self.options.batch_size).await?;
+        if let Some(save) = saving.take() {
+            save.await?;
+        }
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(Step::Idle);
         };
@@ -263,7 +274,9 @@ impl<H: BatchHandler> StreamReader<H> {
         let response = self.handler.handle(event).await;
 
         let Some(index) = first_failure(&response, &records) else {
-            self.commit(move |conn| save_checkpoint(conn, last)).await?;
+            *saving = Some(Box::pin(
+                self.db.write(move |conn| save_checkpoint(conn, last)),
+            ));
             *failing = Failing::default();
             return Ok(Step::Advanced(last));
         };

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{
-    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWebSocket, WebSocketProtocols,
-    WsMessage,
+    ALL_WEBSOCKET_PROTOCOLS, WebSocket as GraphQLWebSocket, WebSocketProtocols, WsMessage,
 };
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::body::Bytes;
@@ -187,20 +186,26 @@ fn is_mutation(request: &async_graphql::Request) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasePath(pub String);
 
+/// The GraphiQL page: our own, small, with its assets pinned (they load from unpkg.com).
+const GRAPHIQL: &str = include_str!("graphiql.html");
+
 async fn graphiql(base: Option<Extension<BasePath>>) -> impl IntoResponse {
     let base = base
         .map(|Extension(BasePath(path))| path)
         .unwrap_or_default();
     let base = base.trim_end_matches('/');
-    let endpoint = format!("{base}/graphql");
-    let subscriptions = format!("{base}/graphql/ws");
-    Html(
-        GraphiQLSource::build()
-            .endpoint(&endpoint)
-            .subscription_endpoint(&subscriptions)
-            .title("outboxdemo")
-            .finish(),
-    )
+    Html(graphiql_page(base))
+}
+
+/// The page for an API served under `base` ("" at the root).
+fn graphiql_page(base: &str) -> String {
+    let settings = serde_json::json!({
+        "endpoint": format!("{base}/graphql"),
+        "subscriptions": format!("{base}/graphql/ws"),
+    });
+    // JSON inside a <script>: no "</script>" (or "<!--") can close it early.
+    let settings = settings.to_string().replace('<', "\\u003c");
+    GRAPHIQL.replace("__SETTINGS__", &settings)
 }
 
 async fn health(State(socket): State<Socket>) -> impl IntoResponse {
@@ -371,6 +376,23 @@ mod tests {
 
     use super::*;
     use crate::options::ApiOptions;
+
+    #[test]
+    fn the_graphiql_page_points_at_its_base_path_and_cannot_be_broken_out_of() {
+        let page = graphiql_page("/prod");
+        assert!(page.contains(r#"const settings = {"endpoint":"/prod/graphql","subscriptions":"/prod/graphql/ws"};"#), "{page}");
+        assert!(!page.contains("__SETTINGS__"));
+
+        let page = graphiql_page("/</script><script>alert(1)//");
+        assert_eq!(
+            page.matches("</script>").count(),
+            GRAPHIQL.matches("</script>").count()
+        );
+        assert!(
+            page.contains(r"\u003c/script>\u003cscript>alert(1)//"),
+            "{page}"
+        );
+    }
 
     fn message(kind: &str, id: &str) -> Vec<u8> {
         serde_json::json!({"type": kind, "id": id})

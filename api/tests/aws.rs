@@ -295,14 +295,18 @@ async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
             .unwrap(),
     );
     assert_eq!(status, 200);
-    assert!(html.contains("createUrl('/prod/graphql')"), "{html}");
+    assert!(
+        html.contains(r#""endpoint":"/prod/graphql""#)
+            && html.contains(r#""subscriptions":"/prod/graphql/ws""#),
+        "{html}"
+    );
     let (_, html) = response_body(
         lambda
             .invoke(http_event("GET", "$default", "/", None))
             .await
             .unwrap(),
     );
-    assert!(html.contains("createUrl('/graphql')"), "{html}");
+    assert!(html.contains(r#""endpoint":"/graphql""#), "{html}");
 }
 
 #[tokio::test]

@@ -30,17 +30,18 @@ impl ActivityStore for EmbeddedActivityStore {
         let entry = entry.clone();
         self.db
             .write(move |conn| {
-                let inserted = conn.execute(
-                    "INSERT INTO activity (event_id, detail_type, consumer, book, processed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
-                    params![
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO activity (event_id, detail_type, consumer, book, processed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
+                    )?
+                    .execute(params![
                         entry.event_id,
                         entry.detail_type.as_str(),
                         entry.consumer,
                         serde_json::to_string(&entry.book)?,
                         entry.processed_at.to_rfc3339(),
-                    ],
-                )?;
+                    ])?;
                 Ok(if inserted == 1 {
                     Recorded::New
                 } else {

@@ -44,18 +44,18 @@ fn append_record(
 ) -> Result<(), DbError> {
     let keys = serde_json::to_string(&item::key(name))?;
     let event_id = uuid::Uuid::new_v4().simple().to_string();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO stream (event_id, event_name, keys, new_image, old_image, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            event_id,
-            event_name,
-            keys,
-            new_image,
-            old_image,
-            chrono::Utc::now().timestamp_millis()
-        ],
-    )?;
+    )?
+    .execute(params![
+        event_id,
+        event_name,
+        keys,
+        new_image,
+        old_image,
+        chrono::Utc::now().timestamp_millis()
+    ])?;
     Ok(())
 }
 
@@ -80,10 +80,11 @@ impl BookStore for EmbeddedBookStore {
         let outcome = self
             .db
             .write(move |conn| {
-                let inserted = conn.execute(
-                    "INSERT INTO books (name, item) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-                    params![book.name.as_str(), json],
-                )?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO books (name, item) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    )?
+                    .execute(params![book.name.as_str(), json])?;
                 if inserted == 0 {
                     return Ok(Outcome::Refused(StoreError::Conflict(book.name)));
                 }
@@ -104,11 +105,8 @@ impl BookStore for EmbeddedBookStore {
             .db
             .write(move |conn| {
                 let old: Option<String> = conn
-                    .query_row(
-                        "DELETE FROM books WHERE name = ?1 RETURNING item",
-                        [name.as_str()],
-                        |row| row.get(0),
-                    )
+                    .prepare_cached("DELETE FROM books WHERE name = ?1 RETURNING item")?
+                    .query_row([name.as_str()], |row| row.get(0))
                     .optional()?;
                 let Some(old) = old else {
                     return Ok(Outcome::Refused(StoreError::NotFound(name)));
@@ -130,11 +128,8 @@ impl BookStore for EmbeddedBookStore {
         self.db
             .read(move |conn| {
                 let json: Option<String> = conn
-                    .query_row(
-                        "SELECT item FROM books WHERE name = ?1",
-                        [name.as_str()],
-                        |row| row.get(0),
-                    )
+                    .prepare_cached("SELECT item FROM books WHERE name = ?1")?
+                    .query_row([name.as_str()], |row| row.get(0))
                     .optional()?;
                 json.as_deref().map(book_from_json).transpose()
             })

@@ -102,6 +102,9 @@ pub enum DbError {
     Commit(String),
 }
 
+/// A write submitted with [`Db::write`] and not yet awaited; it commits whether or not it is.
+pub type WriteInFlight = std::pin::Pin<Box<dyn Future<Output = Result<(), DbError>> + Send>>;
+
 /// The most writes one group commit takes in.
 const MAX_GROUP: usize = 512;
 
@@ -314,7 +317,7 @@ fn group_commits(conn: &Mutex<Connection>, queue: &mpsc::Receiver<Job>) {
 }
 
 fn commit_group(conn: &Connection, group: Vec<Job>) {
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(error) = run(conn, "BEGIN IMMEDIATE") {
         let reason = format!("cannot begin a transaction: {error}");
         for job in group {
             (job(Err(&reason)).reply)(Err(&reason));
@@ -337,11 +340,11 @@ fn commit_group(conn: &Connection, group: Vec<Job>) {
     }
     let outcome = match aborted {
         Some(reason) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(conn, "ROLLBACK");
             Err(reason.to_owned())
         }
-        None => conn.execute_batch("COMMIT").map_err(|error| {
-            let _ = conn.execute_batch("ROLLBACK");
+        None => run(conn, "COMMIT").map_err(|error| {
+            let _ = run(conn, "ROLLBACK");
             format!("commit failed: {error}")
         }),
     };
@@ -358,20 +361,25 @@ fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> Result<T, DbError>,
 ) -> (Result<T, DbError>, bool) {
-    if let Err(error) = conn.execute_batch("SAVEPOINT job") {
+    if let Err(error) = run(conn, "SAVEPOINT job") {
         return (Err(error.into()), false);
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
         .unwrap_or_else(|_| Err(DbError::Worker("a write panicked".to_owned())));
     let end = match &result {
-        Ok(_) => conn.execute_batch("RELEASE job"),
-        Err(_) => conn.execute_batch("ROLLBACK TO job; RELEASE job"),
+        Ok(_) => run(conn, "RELEASE job"),
+        Err(_) => run(conn, "ROLLBACK TO job").and_then(|()| run(conn, "RELEASE job")),
     };
     let usable = end.is_ok() && !conn.is_autocommit();
     match end {
         Err(error) if result.is_ok() => (Err(error.into()), false),
         _ => (result, usable),
     }
+}
+
+/// Runs one statement without parameters, prepared once per connection.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Durable commits (`synchronous = FULL` fsyncs the WAL on every commit), enforced constraints,

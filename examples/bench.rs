@@ -17,6 +17,10 @@ use outboxdemo::stack::{self, Settings, Storage};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// The local binary's allocator (see src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
@@ -334,7 +338,8 @@ async fn latency() {
         let subscriber = subscribe(&url, Arc::clone(&watch)).await;
         let tailing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tail = tail_activity(dir.path(), Arc::clone(&watch), Arc::clone(&tailing));
-        let per_client = if clients == 1 { 500 } else { 60 };
+        let per_client = if clients == 1 { 500 } else { 100 };
+        let started = Instant::now();
         let workers: Vec<_> = (0..clients)
             .map(|c| {
                 let (url, watch) = (url.clone(), Arc::clone(&watch));
@@ -352,6 +357,10 @@ async fn latency() {
         for worker in workers {
             worker.await.unwrap();
         }
+        let rate = (clients * per_client) as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{clients:>2} clients: {rate:.0} mutations/s, each seen downstream before the next"
+        );
         tailing.store(true, std::sync::atomic::Ordering::Relaxed);
         tail.join().unwrap();
         subscriber.abort();

@@ -12,6 +12,12 @@ use outboxdemo::stack::{self, Settings, Storage};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system allocator: the stack allocates on every request, record and
+/// event, and with glibc's malloc durable `addBook`/s at 128 clients was about 40% lower
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The outbox pattern with a GraphQL front door, on your machine: GraphQL API, embedded
 /// store, change stream, processor, event bus and consumers in one process.
 #[derive(Debug, Parser)]

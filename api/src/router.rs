@@ -1,12 +1,14 @@
 //! The axum router: the same one is served locally and on Lambda.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{
     ALL_WEBSOCKET_PROTOCOLS, WebSocket as GraphQLWebSocket, WebSocketProtocols, WsMessage,
 };
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -47,6 +49,7 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
             schema,
             keepalive: options.keepalive,
             max_subscriptions: options.max_subscriptions_per_connection,
+            documents: Arc::default(),
         })
 }
 
@@ -55,6 +58,43 @@ struct Socket {
     schema: ApiSchema,
     keepalive: Duration,
     max_subscriptions: usize,
+    documents: Arc<Documents>,
+}
+
+/// How many parsed documents [`Documents`] keeps.
+const DOCUMENTS: usize = 256;
+
+/// Parsed GraphQL documents by their text. Clients send the same few documents over and over
+/// (with different variables), and parsing is the costliest step of a small request. Only
+/// documents that parse are kept; when full, the cache starts over, so a stream of one-off
+/// documents cannot pin it.
+#[derive(Debug, Default)]
+struct Documents(Mutex<HashMap<String, ExecutableDocument>>);
+
+impl Documents {
+    /// Gives `request` its parsed document, from the cache or parsed now (a document that does
+    /// not parse is left for execution to report).
+    fn prepare(&self, request: &mut async_graphql::Request) {
+        let cached = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|documents| documents.get(&request.query).cloned());
+        if let Some(document) = cached {
+            request.set_parsed_query(document);
+            return;
+        }
+        let Ok(document) = request.parsed_query() else {
+            return;
+        };
+        let document = document.clone();
+        if let Ok(mut documents) = self.0.lock() {
+            if documents.len() >= DOCUMENTS {
+                documents.clear();
+            }
+            documents.insert(request.query.clone(), document);
+        }
+    }
 }
 
 /// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
@@ -137,8 +177,9 @@ async fn graphql(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let request = request.data(Credential::from_authorization(authorization));
-    if method == Method::GET && is_mutation(&request) {
+    let mut request = request.data(Credential::from_authorization(authorization));
+    socket.documents.prepare(&mut request);
+    if method == Method::GET && is_mutation(&mut request) {
         let mut response = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_REQUEST",
@@ -155,22 +196,34 @@ async fn graphql(
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|error| error.path.is_empty());
-    let mut body = serde_json::to_value(&response).unwrap_or_default();
     if spec_media_type && request_error {
+        let mut body = serde_json::to_value(&response).unwrap_or_default();
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
         return reply(StatusCode::BAD_REQUEST, body);
     }
-    reply(StatusCode::OK, body)
+    match serde_json::to_vec(&response) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
+            body,
+        )
+            .into_response(),
+        Err(error) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            format!("the response could not be written: {error}"),
+        ),
+    }
 }
 
 /// Whether the operation the request would run is a mutation.
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
         return false; // execution reports the parse error
     };
-    let operation = match (&document.operations, request.operation_name.as_deref()) {
+    let operation = match (&document.operations, operation_name.as_deref()) {
         (DocumentOperations::Single(operation), _) => Some(operation),
         (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
         (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
@@ -376,6 +429,33 @@ mod tests {
 
     use super::*;
     use crate::options::ApiOptions;
+
+    #[test]
+    fn documents_that_parse_are_kept_and_the_cache_stays_bounded() {
+        let documents = Documents::default();
+        let kept = |documents: &Documents| documents.0.lock().unwrap().len();
+        for _ in 0..3 {
+            let mut request = async_graphql::Request::new("{ books { edges { cursor } } }");
+            documents.prepare(&mut request);
+            assert!(request.parsed_query().is_ok());
+        }
+        assert_eq!(kept(&documents), 1);
+
+        let mut broken = async_graphql::Request::new("{ books(");
+        documents.prepare(&mut broken);
+        assert_eq!(
+            kept(&documents),
+            1,
+            "a document that does not parse is not kept"
+        );
+
+        for i in 0..2 * DOCUMENTS {
+            documents.prepare(&mut async_graphql::Request::new(format!(
+                "{{ book(name: \"{i}\") {{ name }} }}"
+            )));
+            assert!(kept(&documents) <= DOCUMENTS);
+        }
+    }
 
     #[test]
     fn the_graphiql_page_points_at_its_base_path_and_cannot_be_broken_out_of() {

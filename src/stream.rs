@@ -15,7 +15,7 @@ use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use processor::EventPublisher;
 use rusqlite::{OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::embedded::{Db, DbError, WriteInFlight};
@@ -107,43 +107,45 @@ fn sequence_number(seq: i64) -> String {
 }
 
 impl StoredRecord {
-    /// The record as DynamoDB Streams presents it to a Lambda.
-    fn to_lambda_json(&self) -> Result<Value, DbError> {
-        let image = |json: &Option<String>| -> Result<Option<Value>, DbError> {
-            json.as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(DbError::from)
-        };
-        let keys: Value = serde_json::from_str(&self.keys)?;
-        let mut change = json!({
-            // Whole epoch seconds, as DynamoDB Streams sends them (aws_lambda_events would
-            // misread a fraction as microseconds).
-            "ApproximateCreationDateTime": self.created_at_ms.div_euclid(1000),
-            "Keys": keys,
-            "SequenceNumber": sequence_number(self.seq),
-            "SizeBytes": self.keys.len()
-                + self.new_image.as_ref().map_or(0, String::len)
-                + self.old_image.as_ref().map_or(0, String::len),
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        });
-        if let Some(new_image) = image(&self.new_image)? {
-            change["NewImage"] = new_image;
+    /// The record as DynamoDB Streams presents it to a Lambda, as JSON text. The stored keys
+    /// and images are JSON already and go in as they are: nothing is parsed to be written
+    /// again.
+    fn to_lambda_json(&self) -> Result<String, DbError> {
+        let size = self.keys.len()
+            + self.new_image.as_ref().map_or(0, String::len)
+            + self.old_image.as_ref().map_or(0, String::len);
+        let mut json = format!(
+            concat!(
+                r#"{{"eventID":{},"eventName":{},"eventVersion":"1.1","eventSource":"aws:dynamodb","#,
+                r#""awsRegion":"local","eventSourceARN":{},"dynamodb":{{"#,
+                // Whole epoch seconds, as DynamoDB Streams sends them (aws_lambda_events would
+                // misread a fraction as microseconds).
+                r#""ApproximateCreationDateTime":{},"Keys":{},"SequenceNumber":"{}","#,
+                r#""SizeBytes":{},"StreamViewType":"NEW_AND_OLD_IMAGES""#,
+            ),
+            serde_json::to_string(&self.event_id)?,
+            serde_json::to_string(&self.event_name)?,
+            serde_json::to_string(STREAM_ARN)?,
+            self.created_at_ms.div_euclid(1000),
+            self.keys,
+            sequence_number(self.seq),
+            size,
+        );
+        if let Some(image) = &self.new_image {
+            json.push_str(r#","NewImage":"#);
+            json.push_str(image);
         }
-        if let Some(old_image) = image(&self.old_image)? {
-            change["OldImage"] = old_image;
+        if let Some(image) = &self.old_image {
+            json.push_str(r#","OldImage":"#);
+            json.push_str(image);
         }
-        Ok(json!({
-            "eventID": self.event_id,
-            "eventName": self.event_name,
-            "eventVersion": "1.1",
-            "eventSource": "aws:dynamodb",
-            "awsRegion": "local",
-            "dynamodb": change,
-            "eventSourceARN": "arn:aws:dynamodb:local:000000000000:table/outbox-demo/stream/local",
-        }))
+        json.push_str("}}");
+        Ok(json)
     }
 }
+
+/// The stream's ARN in the local records.
+const STREAM_ARN: &str = "arn:aws:dynamodb:local:000000000000:table/outbox-demo/stream/local";
 
 async fn read_checkpoint(db: &Arc<Db>) -> Result<i64, DbError> {
     db.read(|conn| {
@@ -270,7 +272,7 @@ impl<H: BatchHandler> StreamReader<H> {
             .iter()
             .map(StoredRecord::to_lambda_json)
             .collect::<Result<Vec<_>, _>>()?;
-        let event: Event = serde_json::from_value(json!({ "Records": json }))?;
+        let event: Event = serde_json::from_str(&format!(r#"{{"Records":[{}]}}"#, json.join(",")))?;
         let response = self.handler.handle(event).await;
 
         let Some(index) = first_failure(&response, &records) else {
@@ -311,7 +313,7 @@ impl<H: BatchHandler> StreamReader<H> {
         let attempts = failing.attempts;
         let seq = record.seq;
         let event_id = record.event_id.clone();
-        let record_json = serde_json::to_string(&json[index])?;
+        let record_json = json[index].clone();
         let reason = format!("the processor failed this record {attempts} times");
         tracing::error!(%event_id, attempts, "stream record dead-lettered; the stream moves on");
         self.commit(move |conn| {
@@ -417,4 +419,68 @@ pub async fn dead_letters(db: &Arc<Db>) -> Result<Vec<StreamDeadLetter>, DbError
 /// The processor's checkpoint: the sequence number of the last record it is done with.
 pub async fn checkpoint(db: &Arc<Db>) -> Result<i64, DbError> {
     read_checkpoint(db).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    /// The text built around the stored JSON is the DynamoDB Streams record a Lambda gets.
+    #[test]
+    fn a_stored_record_becomes_the_lambda_record_json() {
+        let record = StoredRecord {
+            seq: 42,
+            event_id: "e\"1".to_owned(),
+            event_name: "MODIFY".to_owned(),
+            keys: r#"{"name":{"S":"Dune"}}"#.to_owned(),
+            new_image: Some(r#"{"name":{"S":"Dune"},"publishedYear":{"N":"1965"}}"#.to_owned()),
+            old_image: Some(r#"{"name":{"S":"Dune"},"publishedYear":{"N":"1964"}}"#.to_owned()),
+            created_at_ms: 1_714_564_800_999,
+        };
+        let text = record.to_lambda_json().unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "eventID": "e\"1",
+                "eventName": "MODIFY",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "local",
+                "eventSourceARN": STREAM_ARN,
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1_714_564_800,
+                    "Keys": {"name": {"S": "Dune"}},
+                    "NewImage": {"name": {"S": "Dune"}, "publishedYear": {"N": "1965"}},
+                    "OldImage": {"name": {"S": "Dune"}, "publishedYear": {"N": "1964"}},
+                    "SequenceNumber": "000000000000000000042",
+                    "SizeBytes": text_len(&record),
+                    "StreamViewType": "NEW_AND_OLD_IMAGES",
+                },
+            })
+        );
+        let event: Event = serde_json::from_str(&format!(r#"{{"Records":[{text}]}}"#)).unwrap();
+        assert_eq!(
+            event.records[0].change.sequence_number.as_deref(),
+            Some("000000000000000000042")
+        );
+
+        let removal = StoredRecord {
+            event_name: "REMOVE".to_owned(),
+            new_image: None,
+            ..record
+        };
+        let value: Value = serde_json::from_str(&removal.to_lambda_json().unwrap()).unwrap();
+        assert!(value["dynamodb"].get("NewImage").is_none());
+        assert_eq!(value["dynamodb"]["OldImage"]["publishedYear"]["N"], "1964");
+    }
+
+    fn text_len(record: &StoredRecord) -> usize {
+        record.keys.len()
+            + record.new_image.as_ref().map_or(0, String::len)
+            + record.old_image.as_ref().map_or(0, String::len)
+    }
 }

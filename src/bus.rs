@@ -393,13 +393,11 @@ impl LocalBus {
             })
             .await?;
         position.after = id - 1;
-        let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-        Ok(Some(
-            self.options
-                .first_backoff
-                .saturating_mul(factor)
-                .min(self.options.max_backoff),
-        ))
+        Ok(Some(crate::backoff(
+            self.options.first_backoff,
+            self.options.max_backoff,
+            attempts,
+        )))
     }
 
     /// Hands queued events to `route`'s target in order, overlapping them if the target

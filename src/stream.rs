@@ -81,10 +81,7 @@ impl Default for ReaderOptions {
 
 impl ReaderOptions {
     pub(crate) fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-        self.first_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        crate::backoff(self.first_backoff, self.max_backoff, attempts)
     }
 }
 
@@ -286,7 +283,9 @@ impl<H: BatchHandler> StreamReader<H> {
         if index > 0 {
             // Everything before the failed record is done: keep it.
             let done = records[index - 1].seq;
-            self.commit(move |conn| save_checkpoint(conn, done)).await?;
+            self.db
+                .write(move |conn| save_checkpoint(conn, done))
+                .await?;
             *failing = Failing {
                 seq: record.seq,
                 attempts: 1,
@@ -316,7 +315,7 @@ impl<H: BatchHandler> StreamReader<H> {
         let record_json = json[index].clone();
         let reason = format!("the processor failed this record {attempts} times");
         tracing::error!(%event_id, attempts, "stream record dead-lettered; the stream moves on");
-        self.commit(move |conn| {
+        self.db.write(move |conn| {
             conn.execute(
                 "INSERT OR REPLACE INTO stream_dead_letters (seq, event_id, record, reason, attempts, failed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -327,13 +326,6 @@ impl<H: BatchHandler> StreamReader<H> {
         .await?;
         *failing = Failing::default();
         Ok(Step::Advanced(seq))
-    }
-
-    async fn commit<F>(&self, work: F) -> Result<(), DbError>
-    where
-        F: FnOnce(&rusqlite::Connection) -> Result<(), DbError> + Send + 'static,
-    {
-        self.db.write(work).await
     }
 }
 

@@ -1,5 +1,7 @@
-// GraphiQL in headless Chromium (Debian's, driven by playwright-core): a user runs a
-// mutation, a query and a subscription and sees the results on the page. The page loads its
+// GraphiQL in headless Chromium (Debian's, driven by playwright-core): the page introspects the
+// schema (its documentation explorer shows the root types, autocompletion offers fields), and a
+// user runs a mutation, a query and a subscription and sees the results on the page; no request
+// the page makes gets an error. The page loads its
 // assets from unpkg.com; this machine has no internet, so the test serves those files from the
 // installed npm packages (graphiql, react, react-dom) instead.
 import assert from 'node:assert/strict';
@@ -56,7 +58,27 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
       return local ? route.fulfill({ status: 200, ...local }) : route.abort();
     });
 
+    // Every GraphQL answer the page gets over HTTP, introspection first.
+    const answers = [];
+    page.on('response', async (response) => {
+      if (!response.url().startsWith(`${BASE}/graphql`)) return;
+      const request = JSON.parse(response.request().postData() || '{}');
+      answers.push({ status: response.status(), query: request.query, body: await response.json() });
+    });
+
     await page.goto(`${BASE}/`);
+
+    // The page has the schema: the documentation explorer lists the root types...
+    await eventually(() => answers.some((a) => a.query?.includes('__schema')));
+    await page.click('[aria-label="Show Documentation Explorer"]');
+    const explorer = page.locator('.graphiql-doc-explorer');
+    await explorer.getByText('Root Types').waitFor();
+    const roots = await explorer.locator('.graphiql-doc-explorer-root-type').allTextContents();
+    assert.deepEqual(roots.map((t) => t.trim()), ['query', 'mutation', 'subscription']);
+    for (const root of ['Query', 'Mutation', 'Subscription']) {
+      await explorer.getByRole('link', { name: root, exact: true }).first().waitFor();
+    }
+    await page.screenshot({ path: join(artifacts, 'graphiql-docs.png') });
     const query = await editor(page, '.graphiql-query-editor');
     const response = await editor(page, '.graphiql-response');
     const run = async (text) => {
@@ -65,6 +87,14 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
       await page.waitForTimeout(300);
       await page.click('.graphiql-execute-button');
     };
+
+    // ...and autocompletion offers the schema's fields.
+    await query.set('');
+    await page.click('.graphiql-query-editor .CodeMirror');
+    await page.keyboard.type('mutation { add', { delay: 20 });
+    const hints = page.locator('.CodeMirror-hints');
+    await hints.getByText('addBook', { exact: true }).waitFor();
+    await page.keyboard.press('Escape');
 
     const name = uniqueName('Neuromancer');
     await run(`mutation { addBook(input: {name: "${name}", authors: ["William Gibson"], publishedYear: 1984}) { name publishedYear } }`);
@@ -88,6 +118,11 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
     assert.match(await response.get(), /"type": "ADDED"/);
     await page.screenshot({ path: join(artifacts, 'graphiql-subscription.png') });
     assert.deepEqual(pageErrors, []);
+    assert.ok(answers.length >= 3, JSON.stringify(answers));
+    for (const answer of answers) {
+      assert.equal(answer.status, 200, JSON.stringify(answer));
+      assert.equal(answer.body.errors, undefined, JSON.stringify(answer));
+    }
   } finally {
     await browser.close();
   }

@@ -205,15 +205,81 @@ async fn limits_answer_with_clear_errors() {
 }
 
 #[tokio::test]
+async fn the_standard_introspection_queries_pass_the_default_limits_and_abuse_does_not() {
+    let app = spawn_with(quick_settings(Storage::InMemory)).await;
+    let queries = testing::introspection::queries();
+    assert!(queries.iter().any(|(name, _)| name == "every option"));
+    for (name, query) in &queries {
+        let body = app.graphql(query, json!({})).await;
+        assert!(body.get("errors").is_none(), "{name}: {body}");
+        assert_eq!(
+            body["data"]["__schema"]["queryType"]["name"], "Query",
+            "{name}"
+        );
+        if name == "schemaDescription: true" || name == "every option" {
+            // This schema has no description; not graphql's own text for `__Schema`.
+            assert_eq!(
+                body["data"]["__schema"]["description"],
+                Value::Null,
+                "{name}"
+            );
+        }
+    }
+
+    let walk = app
+        .graphql(testing::introspection::TOO_DEEP, json!({}))
+        .await;
+    assert_eq!(error_code(&walk), "GRAPHQL_VALIDATION_FAILED", "{walk}");
+    assert_eq!(
+        walk["errors"][0]["message"], "Query is nested too deep.",
+        "{walk}"
+    );
+    // A chain of `ofType`s counts nothing, but the parser's recursion limit bounds it.
+    let chain = format!(
+        "{{ __type(name: \"Book\") {{ {}name{} }} }}",
+        "ofType { ".repeat(40),
+        " }".repeat(40)
+    );
+    let chained = app.graphql(&chain, json!({})).await;
+    assert!(
+        chained["errors"][0]["extensions"]["code"].is_string() && chained["data"].is_null(),
+        "{chained}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn production_switches_turn_off_introspection_and_graphiql() {
     let mut settings = quick_settings(Storage::InMemory);
     settings.api.introspection = false;
     settings.api.graphiql = false;
     let app = spawn_with(settings).await;
-    let body = app
-        .graphql("{ __schema { queryType { name } } }", json!({}))
-        .await;
-    assert_eq!(body["data"]["__schema"], Value::Null, "{body}");
+    // Every introspection query a tool sends is refused, with a word why.
+    let queries = testing::introspection::queries();
+    let typename = ("__typename".to_owned(), "{ __typename }".to_owned());
+    for (name, query) in queries.iter().chain([&typename]) {
+        let body = app.graphql(query, json!({})).await;
+        if name == "__typename" {
+            assert_eq!(body["data"]["__typename"], "Query", "{body}");
+            continue;
+        }
+        assert_eq!(
+            error_code(&body),
+            "GRAPHQL_VALIDATION_FAILED",
+            "{name}: {body}"
+        );
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Introspection is turned off"),
+            "{name}: {body}"
+        );
+        assert!(
+            body.get("data").is_none_or(Value::is_null),
+            "{name}: {body}"
+        );
+    }
     assert_eq!(
         app.client.get(app.url("/")).send().await.unwrap().status(),
         404

@@ -8,6 +8,9 @@
 //! - [`gateway`]: subscriptions on AWS, over API Gateway's WebSocket API: the `subscriptions`
 //!   and `notifier` Lambdas' library.
 //! - [`options`]: [`ApiOptions`]: limits, production switches, the optional credential.
+//! - [`limits`]: what a document may ask: how deep it nests (introspection's `ofType` chains
+//!   count nothing) and whether it introspects; [`limits::DocumentLimits`] refuses the rest.
+//! - [`introspection`]: introspection answered for this schema (no borrowed description).
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
 //! - [`dynamo`]: the DynamoDB adapters of those ports, used by the `api` Lambda.
@@ -18,6 +21,8 @@
 pub mod dynamo;
 pub mod error;
 pub mod gateway;
+pub mod introspection;
+pub mod limits;
 pub mod options;
 pub mod router;
 pub mod schema;

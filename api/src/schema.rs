@@ -3,13 +3,17 @@
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{Context, Enum, ID, InputObject, Object, Schema, SchemaBuilder};
+use async_graphql::{
+    Context, Enum, ID, InputObject, Object, SDLExportOptions, Schema, SchemaBuilder,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use domain::{ActivityEntry, Authors, Book, BookName, DetailType, PublishedYear};
 
 use crate::error::{ApiError, ErrorCodes, resolve};
+use crate::introspection::SchemaDescription;
+use crate::limits::DocumentLimits;
 use crate::options::{ApiOptions, Authenticated, RequiredToken};
 use crate::store::{ActivityFeed, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource};
 use crate::subscriptions::{EventHub, SubscriptionRoot};
@@ -23,7 +27,9 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
 
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot).extension(ErrorCodes)
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .extension(ErrorCodes)
+        .extension(SchemaDescription)
 }
 
 /// Builds the schema over the given stores, with subscriptions fed by `events` and the
@@ -45,7 +51,10 @@ pub fn build_schema_with(
     options: &ApiOptions,
 ) -> ApiSchema {
     let mut builder = builder()
-        .limit_depth(options.max_depth)
+        .extension(DocumentLimits {
+            max_depth: options.max_depth,
+            introspection: options.introspection,
+        })
         .limit_complexity(options.max_complexity)
         .data(books)
         .data(activity)
@@ -66,9 +75,12 @@ pub fn subscription_schema() -> ApiSchema {
     builder().finish()
 }
 
-/// The schema in SDL, as checked in at `schema.graphql`.
+/// The schema in SDL, as checked in at `schema.graphql`: what introspection answers, scalars'
+/// `@specifiedBy` included.
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    builder()
+        .finish()
+        .sdl_with_options(SDLExportOptions::new().include_specified_by())
 }
 
 /// A book.

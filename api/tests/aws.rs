@@ -310,6 +310,42 @@ async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
 }
 
 #[tokio::test]
+async fn the_api_lambda_answers_the_standard_introspection_queries_and_refuses_abuse() {
+    let Some(endpoint) = moto::endpoint() else {
+        return;
+    };
+    let tables = tables(&endpoint).await;
+    let env = [
+        ("TABLE_NAME", tables.books.as_str()),
+        ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
+    ];
+    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
+        .await
+        .unwrap();
+    let mut ask = async |query: &str| {
+        let event = http_event(
+            "POST",
+            "prod",
+            "/prod/graphql",
+            Some(json!({"query": query})),
+        );
+        let (status, body) = response_body(lambda.invoke(event).await.unwrap());
+        (status, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    for (name, query) in testing::introspection::queries() {
+        let (status, body) = ask(&query).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(body.get("errors").is_none(), "{name}: {body}");
+        assert_eq!(
+            body["data"]["__schema"]["mutationType"]["name"], "Mutation",
+            "{name}"
+        );
+    }
+    let (_, body) = ask(testing::introspection::TOO_DEEP).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
 async fn the_api_lambda_without_configuration_names_what_is_missing() {
     let Some(_endpoint) = moto::endpoint() else {
         return;

@@ -1,6 +1,7 @@
 //! Test support for outboxdemo's AWS code paths, shared by the crates' integration tests.
 //!
 //! - [`bus`]: an event bus with the template's rules, each delivering to a queue to read.
+//! - [`introspection`]: the introspection queries of graphql-js, which every tool sends.
 //! - [`management`]: a recording stand-in for API Gateway's Management API.
 //! - [`moto`]: the AWS API emulator the test command starts (`AWS_ENDPOINT_URL`), SDK
 //!   configuration for it, and unique resource names so tests can share one emulator.
@@ -12,6 +13,7 @@
 //!   invokes it with events.
 
 pub mod bus;
+pub mod introspection;
 pub mod management;
 pub mod moto;
 pub mod runtime;

@@ -393,11 +393,11 @@ impl LocalBus {
             })
             .await?;
         position.after = id - 1;
-        Ok(Some(crate::backoff(
-            self.options.first_backoff,
-            self.options.max_backoff,
-            attempts,
-        )))
+        let backoff = domain::Backoff {
+            first: self.options.first_backoff,
+            max: self.options.max_backoff,
+        };
+        Ok(Some(backoff.delay(attempts)))
     }
 
     /// Hands queued events to `route`'s target in order, overlapping them if the target

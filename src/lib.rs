@@ -17,14 +17,3 @@ pub mod embedded;
 pub mod faults;
 pub mod stack;
 pub mod stream;
-
-/// The wait before try `attempts + 1` (after `attempts` failures): `first`, doubling with each
-/// further failure, never more than `max`.
-pub(crate) fn backoff(
-    first: std::time::Duration,
-    max: std::time::Duration,
-    attempts: u32,
-) -> std::time::Duration {
-    let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
-    first.saturating_mul(factor).min(max)
-}

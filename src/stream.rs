@@ -81,7 +81,11 @@ impl Default for ReaderOptions {
 
 impl ReaderOptions {
     pub(crate) fn backoff(&self, attempts: u32) -> Duration {
-        crate::backoff(self.first_backoff, self.max_backoff, attempts)
+        domain::Backoff {
+            first: self.first_backoff,
+            max: self.max_backoff,
+        }
+        .delay(attempts)
     }
 }
 

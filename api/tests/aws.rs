@@ -72,9 +72,7 @@ const ADD: &str =
 
 #[tokio::test]
 async fn the_router_on_dynamodb_adds_conflicts_pages_gets_and_removes() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
     let url = serve(&tables).await;
 
@@ -158,9 +156,7 @@ async fn the_router_on_dynamodb_adds_conflicts_pages_gets_and_removes() {
 
 #[tokio::test]
 async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
     let url = serve(&tables).await;
     let start = chrono::Utc::now();
@@ -233,9 +229,7 @@ fn response_body(outcome: Outcome) -> (u16, String) {
 
 #[tokio::test]
 async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
     let env = [
         ("TABLE_NAME", tables.books.as_str()),
@@ -311,9 +305,7 @@ async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
 
 #[tokio::test]
 async fn the_api_lambda_answers_the_standard_introspection_queries_and_refuses_abuse() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
     let env = [
         ("TABLE_NAME", tables.books.as_str()),
@@ -347,9 +339,7 @@ async fn the_api_lambda_answers_the_standard_introspection_queries_and_refuses_a
 
 #[tokio::test]
 async fn the_api_lambda_without_configuration_names_what_is_missing() {
-    let Some(_endpoint) = moto::endpoint() else {
-        return;
-    };
+    let _endpoint = testing::emulator!();
     let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &[])
         .await
         .unwrap();

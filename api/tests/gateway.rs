@@ -121,9 +121,7 @@ fn bus_event(detail_type: &str, event_id: &str, data: Value) -> EventBridgeEvent
 
 #[tokio::test]
 async fn the_graphql_transport_ws_exchange_over_api_gateway() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let f = Fixture::new(&endpoint).await;
 
     // $connect needs the subprotocol and answers with it.
@@ -209,9 +207,7 @@ async fn the_graphql_transport_ws_exchange_over_api_gateway() {
 
 #[tokio::test]
 async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drops_gone_ones() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let f = Fixture::new(&endpoint).await;
     f.subscriber(
         "added",
@@ -291,9 +287,7 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
 
 #[tokio::test]
 async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let f = Fixture::new(&endpoint).await;
     let env = [
         ("CONNECTIONS_TABLE_NAME", f.table.as_str()),
@@ -346,9 +340,7 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
 
 #[tokio::test]
 async fn a_mutation_reaches_a_websocket_subscriber_through_stream_processor_bus_and_notifier() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let f = Fixture::new(&endpoint).await;
     f.subscriber(
         "w1",

@@ -33,9 +33,7 @@ async fn items(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn the_same_event_delivered_twice_records_one_entry() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let (client, table) = activity_table(&endpoint).await;
     let store = DynamoActivityStore::new(client.clone(), &table);
 
@@ -67,9 +65,7 @@ async fn the_same_event_delivered_twice_records_one_entry() {
 
 #[tokio::test]
 async fn the_consumer_lambdas_record_once_and_refuse_what_is_not_theirs() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let (client, table) = activity_table(&endpoint).await;
     let env = [("ACTIVITY_TABLE_NAME", table.as_str())];
     let mut added = LambdaHarness::start(env!("CARGO_BIN_EXE_book-added"), "book-added", &env)
@@ -128,9 +124,7 @@ async fn the_consumer_lambdas_record_once_and_refuse_what_is_not_theirs() {
 
 #[tokio::test]
 async fn a_consumer_lambda_without_its_table_says_which_variable_is_missing() {
-    let Some(_endpoint) = moto::endpoint() else {
-        return;
-    };
+    let _endpoint = testing::emulator!();
     let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_book-added"), "book-added", &[])
         .await
         .unwrap();

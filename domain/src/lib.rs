@@ -7,12 +7,15 @@
 //! - [`event`]: the event contract that consumers depend on: source, detail types and the
 //!   metadata/data envelope.
 //! - [`activity`]: what a consumer records when it has reacted to an event.
+//! - [`backoff`]: [`Backoff`], the one rule for how long a retry waits.
 
 pub mod activity;
+pub mod backoff;
 pub mod book;
 pub mod event;
 pub mod item;
 
 pub use activity::ActivityEntry;
+pub use backoff::Backoff;
 pub use book::{Author, Authors, Book, BookField, BookName, InvalidBook, PublishedYear};
 pub use event::{BookSnapshot, DetailType, Envelope, Metadata};

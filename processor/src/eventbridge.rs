@@ -129,10 +129,11 @@ impl EventBridgePublisher {
 
     /// Exponential backoff with full jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .first_backoff
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-        ceiling.mul_f64(fastrand::f64())
+        let backoff = domain::Backoff {
+            first: self.first_backoff,
+            max: Duration::MAX,
+        };
+        backoff.jittered(attempt, fastrand::f64())
     }
 }
 

@@ -104,9 +104,7 @@ fn names(events: &[Value]) -> Vec<&str> {
 
 #[tokio::test]
 async fn committed_changes_reach_the_rules_targets_as_contract_events_in_order() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let fixture = Fixture::new(&endpoint).await;
     fixture.put(&book("Dune", 1965)).await;
     fixture.put(&book("Emma", 1815)).await;
@@ -201,9 +199,7 @@ impl EventPublisher for RefusingOne {
 #[tokio::test]
 async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_are_delivered_once()
 {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let fixture = Fixture::new(&endpoint).await;
     for name in ["A", "B", "C", "D"] {
         fixture.put(&book(name, 2000)).await;
@@ -248,9 +244,7 @@ async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_a
 
 #[tokio::test]
 async fn the_processor_lambda_publishes_a_batch_and_reports_the_record_it_cannot_map() {
-    let Some(endpoint) = moto::endpoint() else {
-        return;
-    };
+    let endpoint = testing::emulator!();
     let fixture = Fixture::new(&endpoint).await;
     let mut lambda = LambdaHarness::start(
         env!("CARGO_BIN_EXE_processor"),

@@ -41,3 +41,16 @@ pub fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// The emulator's endpoint, or a return from the calling test when there is none (skipped
+/// with a message, or failed under CI: see [`endpoint`]). The one guard every AWS test opens
+/// with: `let endpoint = testing::emulator!();`.
+#[macro_export]
+macro_rules! emulator {
+    () => {
+        match $crate::moto::endpoint() {
+            Some(endpoint) => endpoint,
+            None => return,
+        }
+    };
+}

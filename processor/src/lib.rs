@@ -4,10 +4,12 @@
 //!   cannot be mapped.
 //! - [`publisher`]: the [`EventPublisher`] port that events leave through (EventBridge on
 //!   AWS, the local bus in the local stack).
-//! - [`eventbridge`]: [`EventBridgePublisher`], the publisher the processor Lambda uses.
+//! - `eventbridge` (feature `aws`): `EventBridgePublisher`, the publisher the processor
+//!   Lambda uses. The local stack builds without it, and so without the AWS SDK.
 //! - [`handle_batch`]: the function the processor Lambda and the local stream reader both call:
 //!   a batch in, `batchItemFailures` out.
 
+#[cfg(feature = "aws")]
 pub mod eventbridge;
 pub mod mapping;
 pub mod publisher;
@@ -15,6 +17,7 @@ pub mod publisher;
 use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 
+#[cfg(feature = "aws")]
 pub use eventbridge::EventBridgePublisher;
 pub use mapping::{MappingError, OutboxEvent, map_record};
 pub use publisher::{EventPublisher, PublishError};

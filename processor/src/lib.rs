@@ -82,6 +82,3 @@ pub async fn handle_batch(event: Event, publisher: &dyn EventPublisher) -> Dynam
     }
     response
 }
-
-#[cfg(test)]
-mod tests;

@@ -10,6 +10,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use domain::{Authors, Book, BookName, PublishedYear, item};
 use processor::{EventBridgePublisher, EventPublisher, OutboxEvent, PublishError, handle_batch};
 use serde_json::{Value, json};
+use testing::batch::failed_ids as failures;
 use testing::bus::TemplateBus;
 use testing::moto;
 use testing::runtime::{LambdaHarness, Outcome};
@@ -85,14 +86,6 @@ impl Fixture {
 
 fn event(records: &[Value]) -> Event {
     serde_json::from_value(testing::streams::lambda_event(records.to_vec())).unwrap()
-}
-
-fn failures(response: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String> {
-    response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone().unwrap_or_default())
-        .collect()
 }
 
 fn names(events: &[Value]) -> Vec<&str> {

@@ -1,5 +1,6 @@
 //! Test support for outboxdemo's AWS code paths, shared by the crates' integration tests.
 //!
+//! - [`batch`]: what a stream batch handler answered (its batch item failures).
 //! - [`bus`]: an event bus with the template's rules, each delivering to a queue to read.
 //! - [`introspection`]: the introspection queries of graphql-js, which every tool sends.
 //! - [`management`]: a recording stand-in for API Gateway's Management API.
@@ -12,6 +13,7 @@
 //! - [`runtime`]: a Lambda Runtime API on 127.0.0.1 that runs a Lambda binary for real and
 //!   invokes it with events.
 
+pub mod batch;
 pub mod bus;
 pub mod introspection;
 pub mod management;

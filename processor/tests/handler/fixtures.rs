@@ -1,60 +1,28 @@
-use std::sync::Mutex;
+//! The handler on fixture batches, in the shapes Lambda sends.
 
-use async_trait::async_trait;
 use aws_lambda_events::dynamodb::Event;
 use domain::event::DetailType;
+use processor::{MappingError, handle_batch, map_record};
 use serde_json::json;
+use testing::batch::failed_ids as failures;
 
-use super::*;
-
-/// Records what it is asked to publish and, if told to, fails from one index on.
-#[derive(Debug, Default)]
-struct RecordingPublisher {
-    published: Mutex<Vec<OutboxEvent>>,
-    fail_from: Option<usize>,
-}
-
-#[async_trait]
-impl EventPublisher for RecordingPublisher {
-    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
-        let accepted = self.fail_from.unwrap_or(usize::MAX).min(events.len());
-        self.published
-            .lock()
-            .unwrap()
-            .extend_from_slice(&events[..accepted]);
-        match self.fail_from {
-            Some(first_failed) if first_failed < events.len() => Err(PublishError {
-                first_failed,
-                reason: "refused by the test".into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
+use crate::support::RecordingPublisher;
 
 fn fixture(json: &str) -> Event {
     serde_json::from_str(json).unwrap()
-}
-
-fn failures(response: &DynamoDbEventResponse) -> Vec<String> {
-    response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone().unwrap_or_default())
-        .collect()
 }
 
 #[tokio::test]
 async fn maps_every_record_of_a_mixed_batch_in_order() {
     let publisher = RecordingPublisher::default();
     let response = handle_batch(
-        fixture(include_str!("../fixtures/mixed-batch.json")),
+        fixture(include_str!("../../fixtures/mixed-batch.json")),
         &publisher,
     )
     .await;
     assert!(failures(&response).is_empty());
 
-    let published = publisher.published.into_inner().unwrap();
+    let published = publisher.published();
     let details: Vec<_> = published
         .iter()
         .map(|e| {
@@ -108,29 +76,26 @@ async fn maps_every_record_of_a_mixed_batch_in_order() {
 async fn a_malformed_record_is_a_batch_item_failure_and_nothing_after_it_is_published() {
     let publisher = RecordingPublisher::default();
     let response = handle_batch(
-        fixture(include_str!("../fixtures/malformed-record.json")),
+        fixture(include_str!("../../fixtures/malformed-record.json")),
         &publisher,
     )
     .await;
     assert_eq!(failures(&response), ["222200000000000000002"]);
-    let published = publisher.published.into_inner().unwrap();
+    let published = publisher.published();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].envelope.data.name.as_str(), "Dune");
 }
 
 #[tokio::test]
 async fn a_publish_failure_reports_the_first_unpublished_record() {
-    let publisher = RecordingPublisher {
-        fail_from: Some(2),
-        ..Default::default()
-    };
+    let publisher = RecordingPublisher::failing_from(Some(2));
     let response = handle_batch(
-        fixture(include_str!("../fixtures/mixed-batch.json")),
+        fixture(include_str!("../../fixtures/mixed-batch.json")),
         &publisher,
     )
     .await;
     assert_eq!(failures(&response), ["111100000000000000003"]);
-    assert_eq!(publisher.published.into_inner().unwrap().len(), 2);
+    assert_eq!(publisher.published().len(), 2);
 }
 
 #[tokio::test]
@@ -138,12 +103,12 @@ async fn an_empty_batch_publishes_nothing_and_fails_nothing() {
     let publisher = RecordingPublisher::default();
     let response = handle_batch(fixture(r#"{"Records": []}"#), &publisher).await;
     assert!(failures(&response).is_empty());
-    assert!(publisher.published.into_inner().unwrap().is_empty());
+    assert!(publisher.published().is_empty());
 }
 
 #[test]
 fn records_without_what_consumers_need_are_refused() {
-    let mut event = fixture(include_str!("../fixtures/mixed-batch.json"));
+    let mut event = fixture(include_str!("../../fixtures/mixed-batch.json"));
     let mut no_id = event.records[0].clone();
     no_id.event_id.clear();
     assert!(matches!(

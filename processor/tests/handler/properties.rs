@@ -1,16 +1,12 @@
 //! Properties of the mapping from stream records to events, for any record Lambda could hand us.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::sync::Mutex;
-
-use async_trait::async_trait;
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use chrono::DateTime;
 use domain::book::{MAX_AUTHORS, PUBLISHED_YEARS};
 use domain::event::ENVELOPE_VERSION;
 use domain::{Authors, Book, BookName, BookSnapshot, DetailType, Envelope, PublishedYear, item};
-use processor::{EventPublisher, OutboxEvent, PublishError, handle_batch, map_record};
+use processor::{handle_batch, map_record};
 use proptest::collection::{hash_map, vec};
 use proptest::option;
 use proptest::prelude::*;
@@ -18,64 +14,15 @@ use proptest::sample::select;
 use proptest::string::string_regex;
 use serde_dynamo::{AttributeValue, Item};
 use serde_json::{Map, Value, json};
+use testing::batch::failed_ids as failures;
 
-/// Records what it is offered and what it publishes; refuses from `fail_from` on, if set.
-#[derive(Debug, Default)]
-struct RecordingPublisher {
-    fail_from: Option<usize>,
-    offered: Mutex<Vec<OutboxEvent>>,
-    published: Mutex<Vec<OutboxEvent>>,
-}
-
-#[async_trait]
-impl EventPublisher for RecordingPublisher {
-    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
-        self.offered.lock().unwrap().extend_from_slice(events);
-        let accepted = self.fail_from.unwrap_or(usize::MAX).min(events.len());
-        self.published
-            .lock()
-            .unwrap()
-            .extend_from_slice(&events[..accepted]);
-        if accepted < events.len() {
-            return Err(PublishError {
-                first_failed: accepted,
-                reason: "refused by the test".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl RecordingPublisher {
-    fn failing_from(fail_from: Option<usize>) -> Self {
-        Self {
-            fail_from,
-            ..Self::default()
-        }
-    }
-
-    fn offered(&self) -> Vec<OutboxEvent> {
-        self.offered.lock().unwrap().clone()
-    }
-
-    fn published(&self) -> Vec<OutboxEvent> {
-        self.published.lock().unwrap().clone()
-    }
-}
+use crate::support::RecordingPublisher;
 
 fn handle(event: Event, publisher: &RecordingPublisher) -> DynamoDbEventResponse {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
         .block_on(handle_batch(event, publisher))
-}
-
-fn failures(response: &DynamoDbEventResponse) -> Vec<String> {
-    response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone().unwrap_or_default())
-        .collect()
 }
 
 /// The documented `eventName` → detail type.

@@ -98,71 +98,64 @@ fn parse_text(raw: &str, field: BookField, what: &str, max: usize) -> Result<Str
     Ok(text.to_owned())
 }
 
-/// A book's name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct BookName(String);
+/// A text newtype that can only hold valid text: `parse` is the one way in ([`parse_text`]
+/// with the field, words and limit given), serde goes through it, and the text comes out with
+/// `as_str`, `Display` and `String::from`.
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $field:expr, $what:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl BookName {
-    /// Parses a name as a client or an item gives it.
-    pub fn parse(raw: &str) -> Result<Self, InvalidBook> {
-        parse_text(raw, BookField::Name, "name", MAX_NAME_CHARS).map(Self)
-    }
+        impl $name {
+            /// Parses the text as a client or an item gives it.
+            pub fn parse(raw: &str) -> Result<Self, InvalidBook> {
+                parse_text(raw, $field, $what, $max).map(Self)
+            }
 
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidBook;
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(text: $name) -> Self {
+                text.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for BookName {
-    type Error = InvalidBook;
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        Self::parse(&raw)
-    }
-}
+text_type!(
+    /// A book's name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control characters.
+    BookName,
+    BookField::Name,
+    "name",
+    MAX_NAME_CHARS
+);
 
-impl From<BookName> for String {
-    fn from(name: BookName) -> Self {
-        name.0
-    }
-}
-
-impl fmt::Display for BookName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// One author's name: trimmed, 1 to [`MAX_AUTHOR_CHARS`] characters, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Author(String);
-
-impl Author {
-    /// Parses one author's name.
-    pub fn parse(raw: &str) -> Result<Self, InvalidBook> {
-        parse_text(raw, BookField::Authors, "an author", MAX_AUTHOR_CHARS).map(Self)
-    }
-
-    /// The author's name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Author {
-    type Error = InvalidBook;
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<Author> for String {
-    fn from(author: Author) -> Self {
-        author.0
-    }
-}
+text_type!(
+    /// One author's name: trimmed, 1 to [`MAX_AUTHOR_CHARS`] characters, no control characters.
+    Author,
+    BookField::Authors,
+    "an author",
+    MAX_AUTHOR_CHARS
+);
 
 /// A book's authors: 1 to [`MAX_AUTHORS`] of them, order kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,11 +17,11 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
-use domain::event::{DetailType, Envelope};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::ApiSchema;
-use crate::subscriptions::{BookEvent, run_against};
+use crate::events::{BookEvent, EventHub};
 
 /// The only WebSocket subprotocol spoken on AWS.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -559,6 +559,20 @@ fn operation_type(subscription: &StoredSubscription) -> Option<OperationType> {
     operation.map(|operation| operation.node.ty)
 }
 
+/// Runs a subscription request against exactly `events`: the GraphQL responses it yields (none
+/// when its filters keep none of them; one with errors when the document is not a valid
+/// subscription). Request data comes before schema data, so this hub is the one it sees.
+pub async fn run_against(
+    schema: &crate::ApiSchema,
+    request: async_graphql::Request,
+    events: Vec<BookEvent>,
+) -> Vec<async_graphql::Response> {
+    schema
+        .execute_stream(request.data(EventHub::replay(events)))
+        .collect()
+        .await
+}
+
 /// What one notification did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Notified {
@@ -579,12 +593,8 @@ pub async fn notify(
     connections: &Connections,
     api: &ManagementApi,
 ) -> Result<Notified, GatewayError> {
-    let detail_type = DetailType::parse(&event.detail_type).ok_or_else(|| {
-        GatewayError::MalformedEvent(format!("unknown detail type {:?}", event.detail_type))
-    })?;
-    let envelope = Envelope::from_detail(event.detail)
+    let book_event = BookEvent::from_eventbridge(event)
         .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
-    let book_event = BookEvent::new(detail_type, envelope);
     let event_id = book_event.event_id.clone();
 
     let mut notified = Notified::default();
@@ -620,4 +630,36 @@ pub async fn notify(
     notified.gone = gone.len();
     tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed, "subscribers notified");
     Ok(notified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_subscription_runs_against_a_replayed_event_with_its_filters() {
+        let schema = crate::schema::subscription_schema();
+        let event = crate::tests_support::event;
+        let run = |query: &str| {
+            let schema = schema.clone();
+            let request = async_graphql::Request::new(query);
+            async move {
+                let responses = run_against(&schema, request, vec![event("e1")]).await;
+                serde_json::to_value(responses).unwrap()
+            }
+        };
+        assert_eq!(
+            run("subscription { bookEvents { eventId type bookName } }").await,
+            serde_json::json!([{"data": {"bookEvents": {"eventId": "e1", "type": "ADDED", "bookName": "Dune"}}}])
+        );
+        assert_eq!(
+            run("subscription { bookEvents(types: [REMOVED]) { eventId } }").await,
+            serde_json::json!([])
+        );
+        let invalid = run("subscription { bookEvents { nope } }").await;
+        assert_eq!(
+            invalid[0]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+            "{invalid}"
+        );
+    }
 }

@@ -20,6 +20,7 @@
 
 pub mod dynamo;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod introspection;
 pub mod limits;
@@ -30,8 +31,10 @@ pub mod store;
 pub mod subscriptions;
 #[cfg(test)]
 mod tests_support;
+pub mod types;
 
 pub use error::{ApiError, ErrorCodes};
+pub use events::{BookEvent, EventHub, MalformedEvent};
 pub use options::ApiOptions;
 pub use router::router;
 pub use schema::{ApiSchema, build_schema, build_schema_with, sdl};
@@ -39,4 +42,3 @@ pub use store::{
     ActivityFeed, ActivityItem, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource, Page,
     StoreError,
 };
-pub use subscriptions::{BookEvent, EventHub};

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::OperationType;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::ApiSchema;
 use crate::events::{BookEvent, EventHub};
+use crate::operation::operation_type;
 
 /// The only WebSocket subprotocol spoken on AWS.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -506,7 +507,7 @@ async fn subscribe(
             .as_str()
             .map(str::to_owned),
     };
-    if operation_type(&subscription).is_some_and(|ty| ty != OperationType::Subscription) {
+    if operation_of(&subscription).is_some_and(|ty| ty != OperationType::Subscription) {
         let error = json!([{"message": "only subscriptions are served over this socket; use /graphql for queries and mutations", "extensions": {"code": "BAD_REQUEST"}}]);
         return api
             .send(
@@ -546,17 +547,9 @@ async fn subscribe(
 
 /// The type of the operation a subscribe would run; `None` when the document does not parse or
 /// names no operation (validation then says why).
-fn operation_type(subscription: &StoredSubscription) -> Option<OperationType> {
+fn operation_of(subscription: &StoredSubscription) -> Option<OperationType> {
     let document = async_graphql::parser::parse_query(&subscription.query).ok()?;
-    let operation = match (&document.operations, subscription.operation_name.as_deref()) {
-        (DocumentOperations::Single(operation), _) => Some(operation),
-        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
-        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
-            operations.values().next()
-        }
-        (DocumentOperations::Multiple(_), None) => None,
-    };
-    operation.map(|operation| operation.node.ty)
+    operation_type(&document, subscription.operation_name.as_deref())
 }
 
 /// Runs a subscription request against exactly `events`: the GraphQL responses it yields (none

@@ -24,6 +24,7 @@ pub mod events;
 pub mod gateway;
 pub mod introspection;
 pub mod limits;
+mod operation;
 pub mod options;
 pub mod router;
 pub mod schema;

@@ -18,6 +18,7 @@
 //!
 //! A mutation writes to the [`BookStore`] and returns: nothing here publishes events.
 
+#[cfg(feature = "aws")]
 pub mod dynamo;
 pub mod error;
 pub mod events;
@@ -28,6 +29,8 @@ mod operation;
 pub mod options;
 pub mod router;
 pub mod schema;
+#[cfg(feature = "aws")]
+mod sdk;
 pub mod store;
 pub mod subscriptions;
 #[cfg(test)]

@@ -9,6 +9,7 @@ use async_graphql::{
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{Authors, Book, BookName, PublishedYear};
+use secrecy::SecretString;
 
 use crate::error::{ApiError, ErrorCodes};
 use crate::introspection::SchemaDescription;
@@ -59,7 +60,9 @@ pub fn build_schema_with(
         .data(books)
         .data(activity)
         .data(events)
-        .data(RequiredToken(options.auth_token.clone()));
+        .data(RequiredToken(
+            options.auth_token.as_deref().map(SecretString::from),
+        ));
     if let Some(dead_letters) = dead_letters {
         builder = builder.data(dead_letters);
     }

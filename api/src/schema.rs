@@ -73,7 +73,7 @@ pub fn build_schema_with(
 }
 
 /// The schema with no stores: enough to validate and run subscriptions, whose events come with
-/// each request (see [`crate::subscriptions::run_against`]).
+/// each request (see [`crate::gateway::run_against`]).
 pub fn subscription_schema() -> ApiSchema {
     builder().finish()
 }

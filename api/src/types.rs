@@ -1,5 +1,5 @@
-//! The GraphQL output types the roots return: [`BookNode`], [`BookEventType`], the activity
-//! and dead-letter entries, and [`BookEventNode`]. Queries, mutations and subscriptions all
+//! The GraphQL output types the roots return: `BookNode`, [`BookEventType`], the activity
+//! and dead-letter entries, and `BookEventNode`. Queries, mutations and subscriptions all
 //! import them from here, so no root depends on another.
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //! ([`ConnectionSender`]). One subscription schema, two transports: the execution is
 //! [`run_against`] here, the live stream locally.
 //!
-//! The protocol ([`protocol`]) and the fan-out ([`notify`]) reach AWS only through two ports,
+//! The protocol (`protocol`) and the fan-out (`notify`) reach AWS only through two ports,
 //! [`ConnectionStore`] and [`ConnectionSender`] ([`ports`]); their adapters, the DynamoDB
 //! connections table (`DynamoConnectionStore`) and the Management API client
 //! (`ManagementApi`), are compiled with the `aws` feature.

@@ -1,10 +1,10 @@
 //! The axum router: the same one is served locally and on Lambda. Each route has its module:
 //!
-//! - [`http`]: GraphQL over HTTP at `/graphql` (GET and POST), per the GraphQL-over-HTTP spec.
-//! - [`documents`]: the cache of parsed documents that `/graphql` shares across requests.
-//! - [`graphiql`]: the GraphiQL page at `/`, and [`BasePath`], the prefix it links under.
-//! - [`health`]: `/health`.
-//! - [`websocket`]: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
+//! - `http`: GraphQL over HTTP at `/graphql` (GET and POST), per the GraphQL-over-HTTP spec.
+//! - `documents`: the cache of parsed documents that `/graphql` shares across requests.
+//! - `graphiql`: the GraphiQL page at `/`, and [`BasePath`], the prefix it links under.
+//! - `health`: the `/health` route.
+//! - `websocket`: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
 //!   schema, with keep-alive pings and the per-connection subscription limit.
 
 use std::sync::Arc;

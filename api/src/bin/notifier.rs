@@ -22,10 +22,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let connections = DynamoConnectionStore::new(
-        aws_sdk_dynamodb::Client::new(&aws),
-        config.connections_table_name,
-    );
+    let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
     let api = ManagementApi::new(&aws, &config.websocket_endpoint);
     let schema = api::schema::subscription_schema();
     let (schema, connections, api) = (&schema, &connections, &api);

@@ -21,10 +21,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let connections = DynamoConnectionStore::new(
-        aws_sdk_dynamodb::Client::new(&aws),
-        config.connections_table_name,
-    );
+    let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
     let schema = api::schema::subscription_schema();
     let (aws, schema, connections, fixed) =
         (&aws, &schema, &connections, &config.websocket_endpoint);

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use serde_json::Value;
 
@@ -28,6 +29,22 @@ fn s(value: impl Into<String>) -> AttributeValue {
 
 fn table_error(error: impl std::error::Error) -> GatewayError {
     GatewayError::Table(error_text(error))
+}
+
+/// Whether a conditional write went through: false when its condition did not hold.
+fn written<O, E, R>(
+    result: Result<O, SdkError<E, R>>,
+    condition_failed: impl Fn(&E) -> bool,
+) -> Result<bool, GatewayError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(condition_failed) => Ok(false),
+        Err(e) => Err(table_error(e)),
+    }
 }
 
 fn text<'a>(row: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
@@ -58,6 +75,11 @@ fn stored(row: &HashMap<String, AttributeValue>) -> Option<StoredSubscription> {
 }
 
 impl DynamoConnectionStore {
+    /// The table named `table`, through the DynamoDB client of this SDK configuration.
+    pub fn from_sdk_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(aws_sdk_dynamodb::Client::new(config), table)
+    }
+
     /// The table named `table`.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
@@ -103,16 +125,7 @@ impl ConnectionStore for DynamoConnectionStore {
             .expression_attribute_values(":expires", Self::expires_at())
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(table_error(e)),
-        }
+        written(result, |e| e.is_conditional_check_failed_exception())
     }
 
     async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError> {
@@ -151,16 +164,9 @@ impl ConnectionStore for DynamoConnectionStore {
         if let Some(name) = &subscription.operation_name {
             put = put.item("operationName", s(name));
         }
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(table_error(e)),
-        }
+        written(put.send().await, |e| {
+            e.is_conditional_check_failed_exception()
+        })
     }
 
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {

@@ -210,17 +210,22 @@ fn response_body(outcome: Outcome) -> (u16, String) {
     )
 }
 
-#[tokio::test]
-async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
-    let endpoint = testing::emulator!();
-    let tables = tables(&endpoint).await;
+/// The `api` Lambda binary on these tables, under the Lambda Runtime API.
+async fn api_lambda(tables: &Tables) -> LambdaHarness {
     let env = [
         ("TABLE_NAME", tables.books.as_str()),
         ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
     ];
-    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
+    LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
+    let endpoint = testing::emulator!();
+    let tables = tables(&endpoint).await;
+    let mut lambda = api_lambda(&tables).await;
 
     let add = json!({"query": ADD, "variables": {"input": {"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965}}});
     let (status, body) = response_body(
@@ -290,13 +295,7 @@ async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
 async fn the_api_lambda_answers_the_standard_introspection_queries_and_refuses_abuse() {
     let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
-    let env = [
-        ("TABLE_NAME", tables.books.as_str()),
-        ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
-    ];
-    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
-        .await
-        .unwrap();
+    let mut lambda = api_lambda(&tables).await;
     let mut ask = async |query: &str| {
         let event = http_event(
             "POST",

@@ -26,6 +26,8 @@ mod management;
 mod notify;
 pub mod ports;
 mod protocol;
+#[cfg(test)]
+mod tests;
 
 #[cfg(feature = "aws")]
 pub use connections::DynamoConnectionStore;
@@ -57,36 +59,4 @@ pub async fn run_against(
         .execute_stream(request.data(EventHub::replay(events)))
         .collect()
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_subscription_runs_against_a_replayed_event_with_its_filters() {
-        let schema = crate::schema::subscription_schema();
-        let event = crate::tests_support::event;
-        let run = |query: &str| {
-            let schema = schema.clone();
-            let request = async_graphql::Request::new(query);
-            async move {
-                let responses = run_against(&schema, request, vec![event("e1")]).await;
-                serde_json::to_value(responses).unwrap()
-            }
-        };
-        assert_eq!(
-            run("subscription { bookEvents { eventId type bookName } }").await,
-            serde_json::json!([{"data": {"bookEvents": {"eventId": "e1", "type": "ADDED", "bookName": "Dune"}}}])
-        );
-        assert_eq!(
-            run("subscription { bookEvents(types: [REMOVED]) { eventId } }").await,
-            serde_json::json!([])
-        );
-        let invalid = run("subscription { bookEvents { nope } }").await;
-        assert_eq!(
-            invalid[0]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
-            "{invalid}"
-        );
-    }
 }

@@ -214,14 +214,8 @@ async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
     let notified = notify(event, &g.schema, &g.connections, &g.sender)
         .await
         .unwrap();
-    assert_eq!(
-        notified,
-        Notified {
-            sent: 1,
-            gone: 1,
-            failed: 0
-        }
-    );
+    let Notified { sent, gone, failed } = notified;
+    assert_eq!((sent, gone, failed), (1, 1, 0));
     assert_eq!(
         g.last_sent(),
         json!({"type": "next", "id": "s", "payload": {"data": {"bookEvents": {"eventId": "e1", "type": "ADDED"}}}})

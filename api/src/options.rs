@@ -32,6 +32,7 @@ pub struct ApiOptions {
     #[arg(
         long = "keepalive-secs",
         env = "OUTBOXDEMO_KEEPALIVE_SECS",
+        value_name = "KEEPALIVE_SECS",
         // DEFAULT_KEEPALIVE_SECS: clap wants the text of a default it parses into a Duration
         // (a test holds the two together).
         default_value = "15",
@@ -64,6 +65,7 @@ pub struct ApiOptions {
     #[arg(
         long = "max-subscriptions",
         env = "OUTBOXDEMO_MAX_SUBSCRIPTIONS",
+        value_name = "MAX_SUBSCRIPTIONS",
         default_value_t = DEFAULT_MAX_SUBSCRIPTIONS,
         help = "The most subscriptions one WebSocket connection may hold"
     )]

@@ -4,81 +4,51 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_smithy_async::future::pagination_stream::PaginationStream;
 use domain::item::{self, ACTIVITY_FEED};
 use domain::{Book, BookName};
 
+use crate::sdk::error_text;
 use crate::store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
 
 type SdkItem = HashMap<String, AttributeValue>;
 
-fn unavailable<E, R>(error: SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    StoreError::unavailable(DisplayErrorContext(error).to_string())
+fn unavailable(error: impl std::error::Error) -> StoreError {
+    StoreError::unavailable(error_text(error))
 }
 
 fn book_from(item: SdkItem) -> Result<Book, StoreError> {
     item::from_item(item.into()).map_err(StoreError::unavailable)
 }
 
-fn name_key(name: &BookName) -> SdkItem {
-    HashMap::from([(
-        item::KEY_ATTRIBUTE.to_owned(),
-        AttributeValue::S(name.as_str().to_owned()),
-    )])
+fn key(name: &BookName) -> SdkItem {
+    item::key(name).into()
 }
 
-/// What a Scan or Query page gives: its items and where the next one starts.
-trait Paged {
-    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>);
+/// The page size to ask DynamoDB for: one more than the page, so `has_next_page` is known
+/// without fetching an empty page.
+fn limit_for(first: usize) -> i32 {
+    i32::try_from(first + 1).unwrap_or(i32::MAX)
 }
 
-impl Paged for aws_sdk_dynamodb::operation::scan::ScanOutput {
-    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>) {
-        (self.items.unwrap_or_default(), self.last_evaluated_key)
-    }
-}
-
-impl Paged for aws_sdk_dynamodb::operation::query::QueryOutput {
-    fn into_parts(self) -> (Vec<SdkItem>, Option<SdkItem>) {
-        (self.items.unwrap_or_default(), self.last_evaluated_key)
-    }
-}
-
-/// Up to `first` items from `start` on, calling `fetch(start, limit)` until it has one more
-/// than the page (so `has_next_page` is known without an empty page) or the table is done.
-/// (DynamoDB may return fewer items than `limit`, and a key to go on from, at 1 MB.)
-async fn page_of<F, Fut, O, E, R>(
+/// Up to `first` items of a paginated Scan or Query, and whether more follow: it reads one item
+/// more than the page and no further. (DynamoDB may end a page early, at 1 MB; the paginator
+/// then goes on from its last evaluated key.)
+async fn page_of<E: std::error::Error>(
     first: usize,
-    mut start: Option<SdkItem>,
-    mut fetch: F,
-) -> Result<Page<SdkItem>, StoreError>
-where
-    F: FnMut(Option<SdkItem>, i32) -> Fut,
-    Fut: std::future::Future<Output = Result<O, SdkError<E, R>>>,
-    O: Paged,
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let wanted = first + 1;
-    let mut items = Vec::with_capacity(wanted);
-    loop {
-        let limit = i32::try_from(wanted - items.len()).unwrap_or(i32::MAX);
-        let (page, next) = fetch(start, limit).await.map_err(unavailable)?.into_parts();
-        items.extend(page);
-        start = next;
-        if items.len() >= wanted || start.is_none() {
-            break;
-        }
+    mut items: PaginationStream<Result<SdkItem, E>>,
+) -> Result<Page<SdkItem>, StoreError> {
+    let mut found = Vec::with_capacity(first + 1);
+    while found.len() <= first
+        && let Some(item) = items.try_next().await.map_err(unavailable)?
+    {
+        found.push(item);
     }
-    let has_next_page = items.len() > first;
-    items.truncate(first);
+    let has_next_page = found.len() > first;
+    found.truncate(first);
     Ok(Page {
-        items,
+        items: found,
         has_next_page,
     })
 }
@@ -131,7 +101,7 @@ impl BookStore for DynamoBookStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(name_key(name)))
+            .set_key(Some(key(name)))
             .condition_expression("attribute_exists(#name)")
             .expression_attribute_names("#name", item::KEY_ATTRIBUTE)
             .return_values(ReturnValue::AllOld)
@@ -155,7 +125,7 @@ impl BookStore for DynamoBookStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(name_key(name)))
+            .set_key(Some(key(name)))
             .consistent_read(true)
             .send()
             .await
@@ -166,16 +136,17 @@ impl BookStore for DynamoBookStore {
     /// Books in the table's scan order (by key hash: stable, not alphabetical), continuing
     /// after `after` as the scan's exclusive start key.
     async fn list(&self, first: usize, after: Option<&BookName>) -> Result<Page<Book>, StoreError> {
-        let page = page_of(first, after.map(name_key), |start, limit| {
-            self.client
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start)
-                .limit(limit)
-                .consistent_read(true)
-                .send()
-        })
-        .await?;
+        let items = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .set_exclusive_start_key(after.map(key))
+            .consistent_read(true)
+            .into_paginator()
+            .page_size(limit_for(first))
+            .items()
+            .send();
+        let page = page_of(first, items).await?;
         Ok(Page {
             items: page
                 .items
@@ -232,19 +203,20 @@ impl ActivityFeed for DynamoActivityFeed {
             }
             None => None,
         };
-        let page = page_of(first, start, |start, limit| {
-            self.client
-                .query()
-                .table_name(&self.table)
-                .index_name(ACTIVITY_INDEX)
-                .key_condition_expression("feed = :feed")
-                .expression_attribute_values(":feed", AttributeValue::S(ACTIVITY_FEED.to_owned()))
-                .scan_index_forward(false)
-                .set_exclusive_start_key(start)
-                .limit(limit)
-                .send()
-        })
-        .await?;
+        let items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(ACTIVITY_INDEX)
+            .key_condition_expression("feed = :feed")
+            .expression_attribute_values(":feed", AttributeValue::S(ACTIVITY_FEED.to_owned()))
+            .scan_index_forward(false)
+            .set_exclusive_start_key(start)
+            .into_paginator()
+            .page_size(limit_for(first))
+            .items()
+            .send();
+        let page = page_of(first, items).await?;
         let has_next_page = page.has_next_page;
         let items = page
             .items

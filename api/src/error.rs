@@ -110,16 +110,6 @@ impl ErrorExtensions for ApiError {
     }
 }
 
-/// Runs a resolver body and turns its [`ApiError`] into a GraphQL error with its code.
-///
-/// (`?` straight into `async_graphql::Error` would go through its blanket `From<Display>`
-/// and lose the code, so resolvers go through here.)
-pub(crate) async fn resolve<T>(
-    body: impl Future<Output = Result<T, ApiError>>,
-) -> async_graphql::Result<T> {
-    body.await.map_err(|e| e.extend())
-}
-
 /// A schema extension that gives every error a `code`, not only the resolvers' own:
 /// `GRAPHQL_PARSE_FAILED` for a document that does not parse, `GRAPHQL_VALIDATION_FAILED` for
 /// one that does not fit the schema, and `BAD_USER_INPUT` for an argument that async-graphql

@@ -4,40 +4,115 @@
 use std::time::Duration;
 
 use async_graphql::{Context, Guard};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
+/// The default of [`ApiOptions::keepalive`], in seconds.
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 15;
+/// The default of [`ApiOptions::max_depth`].
+pub const DEFAULT_MAX_DEPTH: usize = 12;
+/// The default of [`ApiOptions::max_complexity`].
+pub const DEFAULT_MAX_COMPLEXITY: usize = 2_000;
+/// The default of [`ApiOptions::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// The default of [`ApiOptions::max_subscriptions_per_connection`].
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 20;
+
 /// The API's configuration. The defaults suit local play: limits on, no credential required,
 /// introspection and GraphiQL on.
-#[derive(Clone)]
+///
+/// It is also the API's command-line flags (`#[command(flatten)]` it into a binary's
+/// `clap::Parser`), each with its `OUTBOXDEMO_*` environment variable; the flags' defaults are
+/// [`ApiOptions::default`]'s.
+#[derive(Clone, clap::Args)]
 pub struct ApiOptions {
     /// How often idle subscription sockets are pinged.
+    #[arg(
+        long = "keepalive-secs",
+        env = "OUTBOXDEMO_KEEPALIVE_SECS",
+        value_name = "KEEPALIVE_SECS",
+        // DEFAULT_KEEPALIVE_SECS: clap wants the text of a default it parses into a Duration
+        // (a test holds the two together).
+        default_value = "15",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::value_parser!(u64).range(1..),
+            Duration::from_secs,
+        ),
+        help = "Seconds between keep-alive pings on idle subscription connections"
+    )]
     pub keepalive: Duration,
     /// The deepest selection a document may have.
+    #[arg(long = "max-depth", env = "OUTBOXDEMO_MAX_DEPTH", default_value_t = DEFAULT_MAX_DEPTH)]
     pub max_depth: usize,
     /// The most a document may cost (every field counts 1, a connection's page size multiplies).
+    #[arg(
+        long = "max-complexity",
+        env = "OUTBOXDEMO_MAX_COMPLEXITY",
+        default_value_t = DEFAULT_MAX_COMPLEXITY,
+        help = "The most a document may cost (a connection's page size multiplies its fields)"
+    )]
     pub max_complexity: usize,
     /// The largest request body, in bytes.
+    #[arg(
+        long = "max-body-bytes",
+        env = "OUTBOXDEMO_MAX_BODY_BYTES",
+        default_value_t = DEFAULT_MAX_BODY_BYTES
+    )]
     pub max_body_bytes: usize,
     /// The most subscriptions one WebSocket connection may hold at once.
+    #[arg(
+        long = "max-subscriptions",
+        env = "OUTBOXDEMO_MAX_SUBSCRIPTIONS",
+        value_name = "MAX_SUBSCRIPTIONS",
+        default_value_t = DEFAULT_MAX_SUBSCRIPTIONS,
+        help = "The most subscriptions one WebSocket connection may hold"
+    )]
     pub max_subscriptions_per_connection: usize,
     /// Whether `__schema` / `__type` introspection is answered.
+    #[arg(
+        long = "no-introspection",
+        env = "OUTBOXDEMO_NO_INTROSPECTION",
+        action = clap::ArgAction::SetTrue,
+        value_parser = not(),
+        help = "Do not answer introspection queries (for production)"
+    )]
     pub introspection: bool,
     /// Whether GraphiQL is served at `/`.
+    #[arg(
+        long = "no-graphiql",
+        env = "OUTBOXDEMO_NO_GRAPHIQL",
+        action = clap::ArgAction::SetTrue,
+        value_parser = not(),
+        help = "Do not serve GraphiQL (for production)"
+    )]
     pub graphiql: bool,
     /// When set, mutations and subscriptions require `Authorization: Bearer <token>` (HTTP) or
     /// `{"authorization": "Bearer <token>"}` in the `connection_init` payload (WebSocket).
+    #[arg(
+        long = "auth-token",
+        env = "OUTBOXDEMO_AUTH_TOKEN",
+        hide_env_values = true,
+        help = "Require `Authorization: Bearer <token>` for mutations and subscriptions"
+    )]
     pub auth_token: Option<String>,
+}
+
+/// A `--no-<switch>` flag sets its switch off: the flag's value (its presence, or its
+/// variable's `true`/`false`) negated.
+fn not() -> impl clap::builder::TypedValueParser<Value = bool> {
+    clap::builder::TypedValueParser::map(clap::builder::BoolValueParser::new(), |no: bool| !no)
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
         Self {
-            keepalive: Duration::from_secs(15),
-            max_depth: 12,
-            max_complexity: 2_000,
-            max_body_bytes: 64 * 1024,
-            max_subscriptions_per_connection: 20,
+            keepalive: Duration::from_secs(DEFAULT_KEEPALIVE_SECS),
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_complexity: DEFAULT_MAX_COMPLEXITY,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS,
             introspection: true,
             graphiql: true,
             auth_token: None,
@@ -68,11 +143,11 @@ impl std::fmt::Debug for ApiOptions {
 
 /// The token the schema requires (schema data); `None` when none is configured.
 #[derive(Clone)]
-pub(crate) struct RequiredToken(pub(crate) Option<String>);
+pub(crate) struct RequiredToken(pub(crate) Option<SecretString>);
 
 /// The credential a request or a connection presented (request or connection data).
 #[derive(Clone, Default)]
-pub(crate) struct Credential(pub(crate) Option<String>);
+pub(crate) struct Credential(pub(crate) Option<SecretString>);
 
 impl Credential {
     /// The token of an `Authorization: Bearer <token>` value.
@@ -81,19 +156,18 @@ impl Credential {
             let (scheme, token) = value.trim().split_once(' ')?;
             scheme
                 .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
+                .then(|| SecretString::from(token.trim()))
         });
         Self(token)
     }
 }
 
 /// Compares in time independent of where the first difference is.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+fn same(a: &SecretString, b: &SecretString) -> bool {
+    a.expose_secret()
+        .as_bytes()
+        .ct_eq(b.expose_secret().as_bytes())
+        .into()
 }
 
 /// The guard on mutations and subscriptions: passes when no token is configured, or when the
@@ -115,24 +189,57 @@ impl Guard for Authenticated {
 
 #[cfg(test)]
 mod tests {
+    use clap::{Args, FromArgMatches};
+
     use super::*;
+
+    fn token(value: Option<&str>) -> Option<String> {
+        Credential::from_authorization(value)
+            .0
+            .map(|token| token.expose_secret().to_owned())
+    }
 
     #[test]
     fn bearer_tokens_are_read_from_the_header() {
+        assert_eq!(token(Some("Bearer abc")).as_deref(), Some("abc"));
+        assert_eq!(token(Some("bearer  abc ")).as_deref(), Some("abc"));
+        assert_eq!(token(Some("Basic abc")), None);
+        assert_eq!(token(None), None);
+        let secret = |text: &str| SecretString::from(text);
+        assert!(same(&secret("secret"), &secret("secret")));
+        assert!(!same(&secret("secret"), &secret("secreT")));
+        assert!(!same(&secret("s"), &secret("secret")));
+    }
+
+    /// The options the flags give, the environment not read.
+    fn parse(args: &[&str]) -> ApiOptions {
+        let command = ApiOptions::augment_args(clap::Command::new("api"))
+            .mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(std::iter::once("api").chain(args.iter().copied()))
+            .unwrap();
+        ApiOptions::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_default_options_and_the_switches_turn_things_off() {
         assert_eq!(
-            Credential::from_authorization(Some("Bearer abc"))
-                .0
-                .as_deref(),
-            Some("abc")
+            format!("{:?}", parse(&[])),
+            format!("{:?}", ApiOptions::default())
         );
-        assert_eq!(
-            Credential::from_authorization(Some("bearer  abc "))
-                .0
-                .as_deref(),
-            Some("abc")
-        );
-        assert_eq!(Credential::from_authorization(Some("Basic abc")).0, None);
-        assert_eq!(Credential::from_authorization(None).0, None);
-        assert!(same("secret", "secret") && !same("secret", "secreT") && !same("s", "secret"));
+        let options = parse(&[
+            "--keepalive-secs=3",
+            "--no-introspection",
+            "--no-graphiql",
+            "--max-subscriptions=2",
+            "--auth-token=s3cret",
+        ]);
+        assert_eq!(options.keepalive, Duration::from_secs(3));
+        assert!(!options.introspection && !options.graphiql);
+        assert_eq!(options.max_subscriptions_per_connection, 2);
+        assert_eq!(options.auth_token.as_deref(), Some("s3cret"));
+        let refused = ApiOptions::augment_args(clap::Command::new("api"))
+            .try_get_matches_from(["api", "--keepalive-secs=0"]);
+        assert!(refused.is_err(), "a keep-alive needs at least a second");
     }
 }

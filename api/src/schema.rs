@@ -4,19 +4,20 @@ use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{
-    Context, Enum, ID, InputObject, Object, SDLExportOptions, Schema, SchemaBuilder,
+    Context, InputObject, Object, ResultExt, SDLExportOptions, Schema, SchemaBuilder,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
-use domain::{ActivityEntry, Authors, Book, BookName, DetailType, PublishedYear};
+use domain::{Authors, Book, BookName, PublishedYear};
+use secrecy::SecretString;
 
-use crate::error::{ApiError, ErrorCodes, resolve};
+use crate::error::{ApiError, ErrorCodes};
 use crate::introspection::SchemaDescription;
 use crate::limits::DocumentLimits;
 use crate::options::{ApiOptions, Authenticated, RequiredToken};
-use crate::store::{ActivityFeed, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource};
+use crate::store::{ActivityFeed, BookStore, DeadLetterFeed};
 use crate::subscriptions::{EventHub, SubscriptionRoot};
+use crate::types::{ActivityNode, BookNode, DeadLetterNode};
 
 /// The executable schema.
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -59,7 +60,9 @@ pub fn build_schema_with(
         .data(books)
         .data(activity)
         .data(events)
-        .data(RequiredToken(options.auth_token.clone()));
+        .data(RequiredToken(
+            options.auth_token.as_deref().map(SecretString::from),
+        ));
     if let Some(dead_letters) = dead_letters {
         builder = builder.data(dead_letters);
     }
@@ -70,7 +73,7 @@ pub fn build_schema_with(
 }
 
 /// The schema with no stores: enough to validate and run subscriptions, whose events come with
-/// each request (see [`crate::subscriptions::run_against`]).
+/// each request (see [`crate::gateway::run_against`]).
 pub fn subscription_schema() -> ApiSchema {
     builder().finish()
 }
@@ -81,27 +84,6 @@ pub fn sdl() -> String {
     builder()
         .finish()
         .sdl_with_options(SDLExportOptions::new().include_specified_by())
-}
-
-/// A book.
-pub(crate) struct BookNode(pub(crate) Book);
-
-#[Object(name = "Book")]
-impl BookNode {
-    /// The book's name, unique in the catalogue.
-    async fn name(&self) -> &str {
-        self.0.name.as_str()
-    }
-
-    /// The authors, in the order they were given.
-    async fn authors(&self) -> Vec<&str> {
-        self.0.authors.names().collect()
-    }
-
-    /// The year the book was first published (negative for BCE).
-    async fn published_year(&self) -> i32 {
-        self.0.published_year.get()
-    }
 }
 
 /// A book to add.
@@ -123,73 +105,6 @@ impl AddBookInput {
             authors: Authors::parse(&self.authors).map_err(invalid)?,
             published_year: PublishedYear::parse(self.published_year).map_err(invalid)?,
         })
-    }
-}
-
-/// The kind of change an event reports.
-#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum BookEventType {
-    /// `outboxdemo.added`: a book was added.
-    Added,
-    /// `outboxdemo.removed`: a book was removed.
-    Removed,
-    /// `outboxdemo.updated`: a book was changed.
-    Updated,
-}
-
-impl From<DetailType> for BookEventType {
-    fn from(detail_type: DetailType) -> Self {
-        match detail_type {
-            DetailType::Added => Self::Added,
-            DetailType::Removed => Self::Removed,
-            DetailType::Updated => Self::Updated,
-        }
-    }
-}
-
-impl From<BookEventType> for DetailType {
-    fn from(event_type: BookEventType) -> Self {
-        match event_type {
-            BookEventType::Added => Self::Added,
-            BookEventType::Removed => Self::Removed,
-            BookEventType::Updated => Self::Updated,
-        }
-    }
-}
-
-/// What a consumer did in reaction to an event.
-struct ActivityNode(ActivityEntry);
-
-#[Object(name = "ActivityEntry")]
-impl ActivityNode {
-    /// The event's `metadata.eventId`: the id of the stream record it came from.
-    async fn event_id(&self) -> ID {
-        ID(self.0.event_id.clone())
-    }
-
-    /// The kind of event.
-    async fn event_type(&self) -> BookEventType {
-        self.0.detail_type.into()
-    }
-
-    /// The consumer that reacted, e.g. `book-added`.
-    async fn consumer(&self) -> &str {
-        &self.0.consumer
-    }
-
-    /// The name of the book the event was about.
-    async fn book_name(&self) -> &str {
-        self.0.book.name.as_str()
-    }
-
-    /// The whole book, when the event carried it (a removal may carry only the name).
-    async fn book(&self) -> Option<BookNode> {
-        self.0.book.to_book().map(BookNode)
-    }
-
-    /// When the consumer processed the event.
-    async fn processed_at(&self) -> DateTime<Utc> {
-        self.0.processed_at
     }
 }
 
@@ -227,14 +142,14 @@ fn decode_cursor(listing: &str, cursor: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_input("after", "invalid cursor"))
 }
 
-fn books_of<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn BookStore>, ApiError> {
+fn book_store<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn BookStore>, ApiError> {
     ctx.data::<Arc<dyn BookStore>>().map_err(|e| {
         tracing::error!(error = ?e.message, "the schema was built without a BookStore");
         ApiError::Internal
     })
 }
 
-fn activity_of<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn ActivityFeed>, ApiError> {
+fn activity_feed<'a>(ctx: &Context<'a>) -> Result<&'a Arc<dyn ActivityFeed>, ApiError> {
     ctx.data::<Arc<dyn ActivityFeed>>().map_err(|e| {
         tracing::error!(error = ?e.message, "the schema was built without an ActivityFeed");
         ApiError::Internal
@@ -253,11 +168,12 @@ impl QueryRoot {
         ctx: &Context<'_>,
         name: String,
     ) -> async_graphql::Result<Option<BookNode>> {
-        resolve(async {
+        async {
             let name = BookName::parse(&name).map_err(|e| ApiError::invalid_book("", e))?;
-            Ok(books_of(ctx)?.get(&name).await?.map(BookNode))
-        })
+            Ok::<_, ApiError>(book_store(ctx)?.get(&name).await?.map(BookNode))
+        }
         .await
+        .extend()
     }
 
     /// The catalogue, a page at a time (Relay connection; default 20, at most 100 a page).
@@ -268,7 +184,7 @@ impl QueryRoot {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, BookNode>> {
-        resolve(async {
+        async {
             let first = page_size(first)?;
             let after = after
                 .map(|cursor| {
@@ -276,16 +192,17 @@ impl QueryRoot {
                         .map_err(|_| ApiError::bad_input("after", "invalid cursor"))
                 })
                 .transpose()?;
-            let page = books_of(ctx)?.list(first, after.as_ref()).await?;
+            let page = book_store(ctx)?.list(first, after.as_ref()).await?;
             let mut connection = Connection::new(after.is_some(), page.has_next_page);
             connection.edges.extend(
                 page.items.into_iter().map(|book| {
                     Edge::new(encode_cursor("book", book.name.as_str()), BookNode(book))
                 }),
             );
-            Ok(connection)
-        })
+            Ok::<_, ApiError>(connection)
+        }
         .await
+        .extend()
     }
 
     /// What the consumers recorded, newest first (Relay connection; default 20, at most 100).
@@ -296,12 +213,12 @@ impl QueryRoot {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, ActivityNode>> {
-        resolve(async {
+        async {
             let first = page_size(first)?;
             let after = after
                 .map(|cursor| decode_cursor("activity", &cursor))
                 .transpose()?;
-            let page = activity_of(ctx)?.list(first, after.as_deref()).await?;
+            let page = activity_feed(ctx)?.list(first, after.as_deref()).await?;
             let mut connection = Connection::new(after.is_some(), page.has_next_page);
             connection.edges.extend(page.items.into_iter().map(|item| {
                 Edge::new(
@@ -309,9 +226,10 @@ impl QueryRoot {
                     ActivityNode(item.entry),
                 )
             }));
-            Ok(connection)
-        })
+            Ok::<_, ApiError>(connection)
+        }
         .await
+        .extend()
     }
     /// What kept failing and was set aside, oldest first (the local stack; on AWS the dead
     /// letters are in SQS queues). Redrive them with `outboxdemo dead-letters redrive`.
@@ -320,7 +238,7 @@ impl QueryRoot {
         ctx: &Context<'_>,
         #[graphql(default = 20)] first: i32,
     ) -> async_graphql::Result<Vec<DeadLetterNode>> {
-        resolve(async {
+        async {
             let first = page_size(Some(first))?;
             let feed = ctx.data_opt::<Arc<dyn DeadLetterFeed>>().ok_or_else(|| {
                 ApiError::Unavailable(
@@ -328,14 +246,16 @@ impl QueryRoot {
                         .into(),
                 )
             })?;
-            Ok(feed
-                .list(first)
-                .await?
-                .into_iter()
-                .map(DeadLetterNode)
-                .collect())
-        })
+            Ok::<_, ApiError>(
+                feed.list(first)
+                    .await?
+                    .into_iter()
+                    .map(DeadLetterNode)
+                    .collect(),
+            )
+        }
         .await
+        .extend()
     }
 }
 
@@ -345,52 +265,6 @@ fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
         usize::try_from(n).unwrap_or(0).min(MAX_PAGE_SIZE)
     });
     page.max(1).saturating_mul(child_complexity)
-}
-
-/// Something that kept failing and was set aside.
-struct DeadLetterNode(DeadLetter);
-
-#[Object(name = "DeadLetter")]
-impl DeadLetterNode {
-    /// Where it was set aside.
-    async fn source(&self) -> DeadLetterSource {
-        self.0.source
-    }
-
-    /// Its id there: the stream record's sequence number, or the bus queue entry's id.
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
-    }
-
-    /// The bus target it was for (bus dead letters).
-    async fn target(&self) -> Option<&str> {
-        self.0.target.as_deref()
-    }
-
-    /// The event id it concerns.
-    async fn event_id(&self) -> Option<&str> {
-        self.0.event_id.as_deref()
-    }
-
-    /// The last error.
-    async fn reason(&self) -> &str {
-        &self.0.reason
-    }
-
-    /// How many times it was tried.
-    async fn attempts(&self) -> i32 {
-        i32::try_from(self.0.attempts).unwrap_or(i32::MAX)
-    }
-
-    /// When it was set aside.
-    async fn failed_at(&self) -> DateTime<Utc> {
-        self.0.failed_at
-    }
-
-    /// The stream record or the event, as JSON.
-    async fn payload(&self) -> &str {
-        &self.0.payload
-    }
 }
 
 /// The mutations. Each writes one item and returns; events follow from the committed change.
@@ -406,12 +280,13 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: AddBookInput,
     ) -> async_graphql::Result<BookNode> {
-        resolve(async {
+        async {
             let book = input.parse()?;
-            books_of(ctx)?.add(&book).await?;
-            Ok(BookNode(book))
-        })
+            book_store(ctx)?.add(&book).await?;
+            Ok::<_, ApiError>(BookNode(book))
+        }
         .await
+        .extend()
     }
 
     /// Removes a book and returns it. A name that is not in the catalogue is `NOT_FOUND`.
@@ -421,11 +296,12 @@ impl MutationRoot {
         ctx: &Context<'_>,
         name: String,
     ) -> async_graphql::Result<BookNode> {
-        resolve(async {
+        async {
             let name = BookName::parse(&name).map_err(|e| ApiError::invalid_book("", e))?;
-            Ok(BookNode(books_of(ctx)?.remove(&name).await?))
-        })
+            Ok::<_, ApiError>(BookNode(book_store(ctx)?.remove(&name).await?))
+        }
         .await
+        .extend()
     }
 }
 

@@ -47,7 +47,8 @@ pub trait ActivityFeed: Send + Sync {
 }
 
 /// Where a dead letter was set aside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+// (Its doc lands in schema.graphql. `clap::ValueEnum`: `stream` or `bus` on the command line.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum, clap::ValueEnum)]
 pub enum DeadLetterSource {
     /// A stream record the processor kept failing.
     Stream,

@@ -34,3 +34,13 @@ impl ActivityFeed for NoStore {
         Err(unused())
     }
 }
+
+/// An `outboxdemo.added` event about "Dune" with this id.
+pub(crate) fn event(id: &str) -> crate::BookEvent {
+    crate::BookEvent {
+        event_id: id.into(),
+        detail_type: domain::DetailType::Added,
+        occurred_at: chrono::Utc::now(),
+        book: domain::BookSnapshot::name_only(BookName::parse("Dune").expect("a valid name")),
+    }
+}

@@ -61,6 +61,31 @@ async fn graphql(url: &str, query: &str, variables: Value) -> Value {
         .unwrap()
 }
 
+/// Pages through the connection `field` two at a time: the `key` of every node, in order,
+/// until a page says it is the last.
+async fn page_through(url: &str, field: &str, key: &str) -> Vec<String> {
+    let query = format!(
+        "query($after: String) {{ {field}(first: 2, after: $after) {{ edges {{ node {{ {key} }} }} pageInfo {{ hasNextPage endCursor }} }} }}"
+    );
+    let mut seen = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let body = graphql(url, &query, json!({"after": after})).await;
+        let page = &body["data"][field];
+        seen.extend(
+            page["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"][key].as_str().unwrap().to_owned()),
+        );
+        if !page["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            return seen;
+        }
+        after = page["pageInfo"]["endCursor"].clone();
+    }
+}
+
 fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
@@ -106,28 +131,7 @@ async fn the_router_on_dynamodb_adds_conflicts_pages_gets_and_removes() {
     );
 
     // Two at a time: every book exactly once, and the last page says so.
-    let mut seen = Vec::new();
-    let mut after = Value::Null;
-    loop {
-        let body = graphql(
-            &url,
-            "query($after: String) { books(first: 2, after: $after) { edges { node { name } } pageInfo { hasNextPage endCursor } } }",
-            json!({"after": after}),
-        )
-        .await;
-        let books = &body["data"]["books"];
-        seen.extend(
-            books["edges"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["node"]["name"].as_str().unwrap().to_owned()),
-        );
-        if !books["pageInfo"]["hasNextPage"].as_bool().unwrap() {
-            break;
-        }
-        after = books["pageInfo"]["endCursor"].clone();
-    }
+    let mut seen = page_through(&url, "books", "name").await;
     seen.sort();
     let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     expected.sort();
@@ -178,28 +182,7 @@ async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages() {
             .await
             .unwrap();
     }
-    let mut seen = Vec::new();
-    let mut after = Value::Null;
-    loop {
-        let body = graphql(
-            &url,
-            "query($after: String) { activity(first: 2, after: $after) { edges { node { eventId bookName } } pageInfo { hasNextPage endCursor } } }",
-            json!({"after": after}),
-        )
-        .await;
-        let page = &body["data"]["activity"];
-        seen.extend(
-            page["edges"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["node"]["eventId"].as_str().unwrap().to_owned()),
-        );
-        if !page["pageInfo"]["hasNextPage"].as_bool().unwrap() {
-            break;
-        }
-        after = page["pageInfo"]["endCursor"].clone();
-    }
+    let seen = page_through(&url, "activity", "eventId").await;
     assert_eq!(
         seen,
         ["event-4", "event-3", "event-2", "event-1", "event-0"]
@@ -227,17 +210,22 @@ fn response_body(outcome: Outcome) -> (u16, String) {
     )
 }
 
-#[tokio::test]
-async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
-    let endpoint = testing::emulator!();
-    let tables = tables(&endpoint).await;
+/// The `api` Lambda binary on these tables, under the Lambda Runtime API.
+async fn api_lambda(tables: &Tables) -> LambdaHarness {
     let env = [
         ("TABLE_NAME", tables.books.as_str()),
         ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
     ];
-    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
+    LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
+    let endpoint = testing::emulator!();
+    let tables = tables(&endpoint).await;
+    let mut lambda = api_lambda(&tables).await;
 
     let add = json!({"query": ADD, "variables": {"input": {"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965}}});
     let (status, body) = response_body(
@@ -307,13 +295,7 @@ async fn the_api_lambda_serves_graphql_and_graphiql_behind_api_gateway() {
 async fn the_api_lambda_answers_the_standard_introspection_queries_and_refuses_abuse() {
     let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
-    let env = [
-        ("TABLE_NAME", tables.books.as_str()),
-        ("ACTIVITY_TABLE_NAME", tables.activity.as_str()),
-    ];
-    let mut lambda = LambdaHarness::start(env!("CARGO_BIN_EXE_api"), "api", &env)
-        .await
-        .unwrap();
+    let mut lambda = api_lambda(&tables).await;
     let mut ask = async |query: &str| {
         let event = http_event(
             "POST",

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use api::dynamo::{DynamoActivityFeed, DynamoBookStore};
-use api::gateway::{self, Connections, ManagementApi, Notified};
+use api::gateway::{self, ConnectionStore as _, DynamoConnectionStore, ManagementApi, Notified};
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ struct Fixture {
     config: aws_config::SdkConfig,
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
-    connections: Connections,
+    connections: DynamoConnectionStore,
     recorder: RecordingManagementApi,
     api: ManagementApi,
     schema: api::ApiSchema,
@@ -36,7 +36,7 @@ impl Fixture {
         let recorder = RecordingManagementApi::start().await.unwrap();
         let api = ManagementApi::new(&config, &recorder.endpoint);
         Self {
-            connections: Connections::new(dynamodb.clone(), &table),
+            connections: DynamoConnectionStore::new(dynamodb.clone(), &table),
             config,
             dynamodb,
             table,

@@ -1,6 +1,6 @@
 //! The `notifier` Lambda: runs the stored subscriptions against each bus event.
 
-use api::gateway::{Connections, ManagementApi};
+use api::gateway::{DynamoConnectionStore, ManagementApi};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -22,10 +22,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let connections = Connections::new(
-        aws_sdk_dynamodb::Client::new(&aws),
-        config.connections_table_name,
-    );
+    let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
     let api = ManagementApi::new(&aws, &config.websocket_endpoint);
     let schema = api::schema::subscription_schema();
     let (schema, connections, api) = (&schema, &connections, &api);

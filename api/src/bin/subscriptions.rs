@@ -1,6 +1,6 @@
 //! The `subscriptions` Lambda: `graphql-transport-ws` over API Gateway's WebSocket API.
 
-use api::gateway::{Connections, ManagementApi};
+use api::gateway::{DynamoConnectionStore, ManagementApi};
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -21,10 +21,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let connections = Connections::new(
-        aws_sdk_dynamodb::Client::new(&aws),
-        config.connections_table_name,
-    );
+    let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
     let schema = api::schema::subscription_schema();
     let (aws, schema, connections, fixed) =
         (&aws, &schema, &connections, &config.websocket_endpoint);

@@ -1,0 +1,240 @@
+//! [`DynamoConnectionStore`]: the [`ConnectionStore`] on a DynamoDB table.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use serde_json::Value;
+
+use super::{ConnectionStore, GatewayError, ROW_LIFETIME_SECS, StoredSubscription};
+use crate::sdk::error_text;
+
+/// The connections table: per connection one `connection` row (is it initialised?) and one
+/// `sub#<id>` row per subscription, all expiring by TTL.
+#[derive(Debug, Clone)]
+pub struct DynamoConnectionStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+const CONNECTION_ROW: &str = "connection";
+const SUBSCRIPTION_PREFIX: &str = "sub#";
+/// The most items one BatchWriteItem call takes.
+const BATCH_WRITE_MAX: usize = 25;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn table_error(error: impl std::error::Error) -> GatewayError {
+    GatewayError::Table(error_text(error))
+}
+
+/// Whether a conditional write went through: false when its condition did not hold.
+fn written<O, E, R>(
+    result: Result<O, SdkError<E, R>>,
+    condition_failed: impl Fn(&E) -> bool,
+) -> Result<bool, GatewayError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(condition_failed) => Ok(false),
+        Err(e) => Err(table_error(e)),
+    }
+}
+
+fn text<'a>(row: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+    row.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+/// The subscription a `sub#` row holds; `None` (logged) for a row that is not one.
+fn stored(row: &HashMap<String, AttributeValue>) -> Option<StoredSubscription> {
+    let (Some(connection_id), Some(id), Some(query)) = (
+        text(row, "connectionId"),
+        text(row, "subscriptionId"),
+        text(row, "query"),
+    ) else {
+        tracing::warn!(?row, "skipping a malformed subscription row");
+        return None;
+    };
+    Some(StoredSubscription {
+        connection_id: connection_id.to_owned(),
+        id: id.to_owned(),
+        query: query.to_owned(),
+        variables: text(row, "variables")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or(Value::Null),
+        operation_name: text(row, "operationName").map(str::to_owned),
+    })
+}
+
+impl DynamoConnectionStore {
+    /// The table named `table`, through the DynamoDB client of this SDK configuration.
+    pub fn from_sdk_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(aws_sdk_dynamodb::Client::new(config), table)
+    }
+
+    /// The table named `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn expires_at() -> AttributeValue {
+        AttributeValue::N((chrono::Utc::now().timestamp() + ROW_LIFETIME_SECS).to_string())
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoConnectionStore {
+    async fn open(&self, connection_id: &str) -> Result<(), GatewayError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("connectionId", s(connection_id))
+            .item("sk", s(CONNECTION_ROW))
+            .item("initialized", AttributeValue::Bool(false))
+            .item("expiresAt", Self::expires_at())
+            .send()
+            .await
+            .map_err(table_error)?;
+        Ok(())
+    }
+
+    async fn initialize(&self, connection_id: &str) -> Result<bool, GatewayError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("sk", s(CONNECTION_ROW))
+            .update_expression(
+                "SET initialized = :yes, expiresAt = if_not_exists(expiresAt, :expires)",
+            )
+            .condition_expression("attribute_not_exists(initialized) OR initialized = :no")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .expression_attribute_values(":expires", Self::expires_at())
+            .send()
+            .await;
+        written(result, |e| e.is_conditional_check_failed_exception())
+    }
+
+    async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("sk", s(CONNECTION_ROW))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(table_error)?;
+        Ok(output
+            .item
+            .and_then(|row| {
+                row.get("initialized")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+            })
+            .unwrap_or(false))
+    }
+
+    async fn add(&self, subscription: &StoredSubscription) -> Result<bool, GatewayError> {
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("connectionId", s(&subscription.connection_id))
+            .item("sk", s(format!("{SUBSCRIPTION_PREFIX}{}", subscription.id)))
+            .item("subscriptionId", s(&subscription.id))
+            .item("query", s(&subscription.query))
+            .item("variables", s(subscription.variables.to_string()))
+            .item("expiresAt", Self::expires_at())
+            .condition_expression("attribute_not_exists(sk)");
+        if let Some(name) = &subscription.operation_name {
+            put = put.item("operationName", s(name));
+        }
+        written(put.send().await, |e| {
+            e.is_conditional_check_failed_exception()
+        })
+    }
+
+    async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("sk", s(format!("{SUBSCRIPTION_PREFIX}{id}")))
+            .send()
+            .await
+            .map_err(table_error)?;
+        Ok(())
+    }
+
+    async fn close(&self, connection_id: &str) -> Result<(), GatewayError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("connectionId = :id")
+            .expression_attribute_values(":id", s(connection_id))
+            .projection_expression("connectionId, sk")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.try_next().await.map_err(table_error)? {
+            for chunk in page.items().chunks(BATCH_WRITE_MAX) {
+                let deletes = chunk
+                    .iter()
+                    .map(|key| {
+                        let delete = DeleteRequest::builder()
+                            .set_key(Some(key.clone()))
+                            .build()
+                            .map_err(|e| GatewayError::Table(e.to_string()))?;
+                        Ok(WriteRequest::builder().delete_request(delete).build())
+                    })
+                    .collect::<Result<Vec<_>, GatewayError>>()?;
+                self.client
+                    .batch_write_item()
+                    .request_items(&self.table, deletes)
+                    .send()
+                    .await
+                    .map_err(table_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscriptions(&self, limit: usize) -> Result<Vec<StoredSubscription>, GatewayError> {
+        let mut rows = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(sk, :prefix)")
+            .expression_attribute_values(":prefix", s(SUBSCRIPTION_PREFIX))
+            .into_paginator()
+            .items()
+            .send();
+        let mut found = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(table_error)? {
+            let Some(subscription) = stored(&row) else {
+                continue;
+            };
+            found.push(subscription);
+            if found.len() >= limit {
+                tracing::warn!(limit, "more subscriptions than one invocation serves");
+                break;
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,18 @@
+//! [`GatewayError`]: why serving a subscription on AWS failed.
+
+/// Why a connections-table or Management-API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// DynamoDB failed.
+    #[error("connections table: {0}")]
+    Table(String),
+    /// The connection is gone (API Gateway answered 410).
+    #[error("the connection is gone")]
+    Gone,
+    /// The Management API failed otherwise.
+    #[error("management API: {0}")]
+    Management(String),
+    /// The event is not one the notifier understands.
+    #[error("malformed event: {0}")]
+    MalformedEvent(String),
+}

@@ -1,0 +1,251 @@
+//! The protocol and the fan-out on in-memory ports: no SDK, no emulator.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A connection: whether it is initialised, and its subscriptions by id.
+type Connection = (bool, BTreeMap<String, StoredSubscription>);
+
+/// The connections by id.
+#[derive(Default)]
+struct MemoryConnections(Mutex<BTreeMap<String, Connection>>);
+
+#[async_trait]
+impl ConnectionStore for MemoryConnections {
+    async fn open(&self, connection_id: &str) -> Result<(), GatewayError> {
+        let mut rows = self.0.lock().unwrap();
+        rows.insert(connection_id.to_owned(), (false, BTreeMap::new()));
+        Ok(())
+    }
+    async fn initialize(&self, connection_id: &str) -> Result<bool, GatewayError> {
+        let mut rows = self.0.lock().unwrap();
+        let row = rows.entry(connection_id.to_owned()).or_default();
+        Ok(!std::mem::replace(&mut row.0, true))
+    }
+    async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(connection_id)
+            .is_some_and(|row| row.0))
+    }
+    async fn add(&self, subscription: &StoredSubscription) -> Result<bool, GatewayError> {
+        let mut rows = self.0.lock().unwrap();
+        let row = rows.entry(subscription.connection_id.clone()).or_default();
+        if row.1.contains_key(&subscription.id) {
+            return Ok(false);
+        }
+        row.1.insert(subscription.id.clone(), subscription.clone());
+        Ok(true)
+    }
+    async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
+        if let Some(row) = self.0.lock().unwrap().get_mut(connection_id) {
+            row.1.remove(id);
+        }
+        Ok(())
+    }
+    async fn close(&self, connection_id: &str) -> Result<(), GatewayError> {
+        self.0.lock().unwrap().remove(connection_id);
+        Ok(())
+    }
+    async fn subscriptions(&self, limit: usize) -> Result<Vec<StoredSubscription>, GatewayError> {
+        let rows = self.0.lock().unwrap();
+        Ok(rows
+            .values()
+            .flat_map(|row| row.1.values().cloned())
+            .take(limit)
+            .collect())
+    }
+}
+
+/// Records what was sent and closed; sending to a connection in `gone` fails as API Gateway's
+/// 410 does.
+#[derive(Default)]
+struct RecordingSender {
+    gone: Mutex<Vec<String>>,
+    sent: Mutex<Vec<(String, Value)>>,
+    closed: Mutex<Vec<(String, u16)>>,
+}
+
+#[async_trait]
+impl ConnectionSender for RecordingSender {
+    async fn send(&self, connection_id: &str, message: &Value) -> Result<(), GatewayError> {
+        if self
+            .gone
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|gone| gone == connection_id)
+        {
+            return Err(GatewayError::Gone);
+        }
+        let mut sent = self.sent.lock().unwrap();
+        sent.push((connection_id.to_owned(), message.clone()));
+        Ok(())
+    }
+    async fn close(&self, connection_id: &str, code: u16, _: &str) -> Result<(), GatewayError> {
+        self.closed
+            .lock()
+            .unwrap()
+            .push((connection_id.to_owned(), code));
+        Ok(())
+    }
+}
+
+fn request(
+    connection: &str,
+    route_key: &str,
+    body: Option<Value>,
+) -> ApiGatewayWebsocketProxyRequest {
+    let mut event: Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/websocket-message.json")).unwrap();
+    event["requestContext"]["connectionId"] = json!(connection);
+    event["requestContext"]["routeKey"] = json!(route_key);
+    event["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
+    serde_json::from_value(event).unwrap()
+}
+
+struct Gateway {
+    schema: crate::ApiSchema,
+    connections: MemoryConnections,
+    sender: RecordingSender,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        Self {
+            schema: crate::schema::subscription_schema(),
+            connections: MemoryConnections::default(),
+            sender: RecordingSender::default(),
+        }
+    }
+
+    async fn status(&self, connection: &str, route_key: &str, body: Option<Value>) -> i64 {
+        let request = request(connection, route_key, body);
+        handle_message(request, &self.schema, &self.connections, &self.sender)
+            .await
+            .unwrap()
+            .status_code
+    }
+
+    async fn message(&self, connection: &str, body: Value) {
+        assert_eq!(self.status(connection, "$default", Some(body)).await, 200);
+    }
+
+    fn last_sent(&self) -> Value {
+        self.sender.sent.lock().unwrap().last().unwrap().1.clone()
+    }
+
+    fn last_close(&self) -> u16 {
+        self.sender.closed.lock().unwrap().last().unwrap().1
+    }
+}
+
+const SUBSCRIBE: &str = "subscription { bookEvents { eventId type } }";
+
+fn subscribe(id: &str, query: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "payload": {"query": query}})
+}
+
+#[tokio::test]
+async fn the_protocol_holds_a_connection_to_its_rules() {
+    let g = Gateway::new();
+    assert_eq!(g.status("c1", "$connect", None).await, 200);
+    g.message("c1", subscribe("1", SUBSCRIBE)).await;
+    assert_eq!(g.last_close(), 4401, "subscribing before connection_init");
+
+    g.message("c1", json!({"type": "connection_init"})).await;
+    assert_eq!(g.last_sent()["type"], "connection_ack");
+    g.message("c1", json!({"type": "connection_init"})).await;
+    assert_eq!(g.last_close(), 4429, "a second connection_init");
+    g.message("c1", json!({"type": "ping"})).await;
+    assert_eq!(g.last_sent()["type"], "pong");
+
+    g.message("c1", subscribe("q", "{ __typename }")).await;
+    assert_eq!(
+        g.last_sent()["payload"][0]["extensions"]["code"],
+        "BAD_REQUEST"
+    );
+    g.message("c1", subscribe("bad", "subscription { nope }"))
+        .await;
+    assert_eq!(
+        g.last_sent()["payload"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+
+    g.message("c1", subscribe("1", SUBSCRIBE)).await;
+    assert_eq!(g.connections.subscriptions(10).await.unwrap().len(), 1);
+    g.message("c1", subscribe("1", SUBSCRIBE)).await;
+    assert_eq!(g.last_close(), 4409, "a second subscriber with the same id");
+    g.message("c1", json!({"type": "complete", "id": "1"}))
+        .await;
+    assert!(g.connections.subscriptions(10).await.unwrap().is_empty());
+    g.message("c1", json!("not a message")).await;
+    assert_eq!(g.last_close(), 4400);
+    assert_eq!(g.status("c1", "$disconnect", None).await, 200);
+    assert!(g.connections.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
+    let g = Gateway::new();
+    for connection in ["c1", "c2"] {
+        assert_eq!(g.status(connection, "$connect", None).await, 200);
+        g.message(connection, json!({"type": "connection_init"}))
+            .await;
+        g.message(connection, subscribe("s", SUBSCRIBE)).await;
+    }
+    g.sender.gone.lock().unwrap().push("c2".to_owned());
+    let event: EventBridgeEvent<Value> = serde_json::from_value(json!({
+        "version": "0", "id": "x", "detail-type": "outboxdemo.added", "source": "outboxdemo.processor",
+        "account": "123456789012", "time": "2024-05-01T12:00:01Z", "region": "us-east-1", "resources": [],
+        "detail": {"metadata": {"eventId": "e1", "sequenceNumber": "1", "occurredAt": "2024-05-01T12:00:00Z", "version": 1},
+                   "data": {"name": "Dune"}}
+    }))
+    .unwrap();
+    let notified = notify(event, &g.schema, &g.connections, &g.sender)
+        .await
+        .unwrap();
+    let Notified { sent, gone, failed } = notified;
+    assert_eq!((sent, gone, failed), (1, 1, 0));
+    assert_eq!(
+        g.last_sent(),
+        json!({"type": "next", "id": "s", "payload": {"data": {"bookEvents": {"eventId": "e1", "type": "ADDED"}}}})
+    );
+    assert!(!g.connections.0.lock().unwrap().contains_key("c2"));
+}
+
+#[tokio::test]
+async fn a_subscription_runs_against_a_replayed_event_with_its_filters() {
+    let schema = crate::schema::subscription_schema();
+    let event = crate::tests_support::event;
+    let run = |query: &str| {
+        let schema = schema.clone();
+        let request = async_graphql::Request::new(query);
+        async move {
+            let responses = run_against(&schema, request, vec![event("e1")]).await;
+            serde_json::to_value(responses).unwrap()
+        }
+    };
+    assert_eq!(
+        run("subscription { bookEvents { eventId type bookName } }").await,
+        serde_json::json!([{"data": {"bookEvents": {"eventId": "e1", "type": "ADDED", "bookName": "Dune"}}}])
+    );
+    assert_eq!(
+        run("subscription { bookEvents(types: [REMOVED]) { eventId } }").await,
+        serde_json::json!([])
+    );
+    let invalid = run("subscription { bookEvents { nope } }").await;
+    assert_eq!(
+        invalid[0]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{invalid}"
+    );
+}

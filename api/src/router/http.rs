@@ -1,0 +1,141 @@
+//! GraphQL over HTTP at `/graphql`: GET and POST, per the GraphQL-over-HTTP spec.
+
+use async_graphql::parser::types::OperationType;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::operation::operation_type;
+use crate::options::Credential;
+
+/// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
+/// say what kind of failure an error is.
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// GraphQL over HTTP (GET and POST), per the GraphQL-over-HTTP spec: `application/json`
+/// responses are always 200; `application/graphql-response+json` ones are 400, without
+/// `data`, when the request fails before execution (it does not parse, validate or coerce).
+/// GET does not run mutations: a GET must be safe to repeat.
+pub(super) async fn graphql(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let spec_media_type = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains(GRAPHQL_RESPONSE_JSON));
+    let media_type = if spec_media_type {
+        GRAPHQL_RESPONSE_JSON
+    } else {
+        "application/json"
+    };
+    let reply = |status: StatusCode, body: serde_json::Value| {
+        let mut response = (status, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+        response
+    };
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        reply(
+            status,
+            serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}),
+        )
+    };
+
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if method == Method::POST && !json_body {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_REQUEST",
+            "a POST needs content-type: application/json".to_owned(),
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "the request body is larger than the API accepts".to_owned(),
+            );
+        }
+        Err(rejection) => return refuse(rejection.status(), "BAD_REQUEST", rejection.body_text()),
+    };
+    let parsed = if method == Method::POST {
+        serde_json::from_slice::<async_graphql::Request>(&body).map_err(|e| e.to_string())
+    } else {
+        async_graphql::http::parse_query_string(uri.query().unwrap_or_default())
+            .map_err(|e| e.to_string())
+    };
+    let request = match parsed {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                format!("not a GraphQL request: {error}"),
+            );
+        }
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let mut request = request.data(Credential::from_authorization(authorization));
+    state.documents.prepare(&mut request);
+    if method == Method::GET && is_mutation(&mut request) {
+        let mut response = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            "mutations are not run over GET; use POST".to_owned(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+
+    let response = state.schema.execute(request).await;
+    // A request error happens before execution: no data, and no error belongs to a field.
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty());
+    if spec_media_type && request_error {
+        let mut body = serde_json::to_value(&response).unwrap_or_default();
+        if let Some(body) = body.as_object_mut() {
+            body.remove("data");
+        }
+        return reply(StatusCode::BAD_REQUEST, body);
+    }
+    match serde_json::to_vec(&response) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
+            body,
+        )
+            .into_response(),
+        Err(error) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            format!("the response could not be written: {error}"),
+        ),
+    }
+}
+
+/// Whether the operation the request would run is a mutation.
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return false; // execution reports the parse error
+    };
+    operation_type(document, operation_name.as_deref()) == Some(OperationType::Mutation)
+}

@@ -1,0 +1,64 @@
+//! The axum router: the same one is served locally and on Lambda. Each route has its module:
+//!
+//! - `http`: GraphQL over HTTP at `/graphql` (GET and POST), per the GraphQL-over-HTTP spec.
+//! - `documents`: the cache of parsed documents that `/graphql` shares across requests.
+//! - `graphiql`: the GraphiQL page at `/`, and [`BasePath`], the prefix it links under.
+//! - `health`: the `/health` route.
+//! - `websocket`: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
+//!   schema, with keep-alive pings and the per-connection subscription limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::options::ApiOptions;
+use crate::schema::ApiSchema;
+
+mod documents;
+mod graphiql;
+mod health;
+mod http;
+mod websocket;
+
+pub use graphiql::BasePath;
+
+/// The API's routes: GraphiQL at `/`, GraphQL at `/graphql` (GET and POST), subscriptions at
+/// `/graphql/ws` (`graphql-transport-ws`, and the legacy `graphql-ws`), and `/health`.
+pub fn router(schema: ApiSchema) -> Router {
+    router_with(schema, &ApiOptions::default())
+}
+
+/// [`router`] with these options (keep-alive, body and subscription limits, GraphiQL on or off).
+pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
+    let mut router = Router::new();
+    if options.graphiql {
+        router = router.route("/", get(graphiql::graphiql));
+    }
+    router
+        .route(
+            "/graphql",
+            get(http::graphql)
+                .post(http::graphql)
+                .layer(DefaultBodyLimit::max(options.max_body_bytes)),
+        )
+        .route("/graphql/ws", get(websocket::subscribe))
+        .route("/health", get(health::health))
+        .with_state(AppState {
+            schema,
+            keepalive: options.keepalive,
+            max_subscriptions: options.max_subscriptions_per_connection,
+            documents: Arc::default(),
+        })
+}
+
+/// What every route shares: the schema, the WebSocket settings and the document cache.
+#[derive(Clone)]
+struct AppState {
+    schema: ApiSchema,
+    keepalive: Duration,
+    max_subscriptions: usize,
+    documents: Arc<documents::Documents>,
+}

@@ -1,0 +1,257 @@
+//! Subscriptions at `/graphql/ws`: the pump between one WebSocket and the schema, speaking
+//! `graphql-transport-ws` (or the legacy `graphql-ws`), with keep-alive pings and the
+//! connection's subscription limit.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::Data;
+use async_graphql::http::{
+    ALL_WEBSOCKET_PROTOCOLS, WebSocket as GraphQLWebSocket, WebSocketProtocols, WsMessage,
+};
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::options::Credential;
+
+/// Upgrades to a WebSocket in the first subprotocol the client offers that we speak.
+pub(super) async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The first subprotocol the client offers that we speak; without one, the legacy
+    // `graphql-ws` protocol, as async-graphql assumes.
+    let protocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|name| name.trim().parse::<WebSocketProtocols>().ok())
+        .unwrap_or(WebSocketProtocols::SubscriptionsTransportWS);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| serve_socket(stream, state, protocol))
+}
+
+/// Accepts a connection's `connection_init` payload and keeps the credential it carries
+/// (`{"authorization": "Bearer <token>"}`) for the subscriptions' guard, which answers
+/// `UNAUTHENTICATED` when a token is required and this is not it.
+async fn accept_connection(payload: serde_json::Value) -> async_graphql::Result<Data> {
+    let authorization = ["authorization", "Authorization"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str));
+    let mut data = Data::default();
+    data.insert(Credential::from_authorization(authorization));
+    Ok(data)
+}
+
+/// Speaks the GraphQL WebSocket protocol on one connection, pinging it while it is idle. When
+/// the client goes away, the subscriptions' streams are dropped and their buffers released.
+async fn serve_socket(stream: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+    let (sink, incoming) = stream.split();
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    // The ids of this connection's open subscriptions, to hold them to the limit.
+    let open = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let limit = state.max_subscriptions;
+    let refusals = Arc::clone(&sink);
+    let counted = Arc::clone(&open);
+    let incoming = incoming
+        .take_while(|message| std::future::ready(message.is_ok()))
+        .filter_map(move |message| {
+            let bytes = match message {
+                Ok(Message::Text(text)) => text.as_bytes().to_vec(),
+                Ok(Message::Binary(bytes)) => bytes.to_vec(),
+                _ => return futures_util::future::Either::Left(std::future::ready(None)),
+            };
+            let refusal = admit(&bytes, &counted, limit, protocol);
+            let sink = Arc::clone(&refusals);
+            futures_util::future::Either::Right(async move {
+                match refusal {
+                    None => Some(bytes),
+                    Some(refusal) => {
+                        let _ = sink.lock().await.send(Message::Text(refusal.into())).await;
+                        None
+                    }
+                }
+            })
+        });
+    let ping = match protocol {
+        WebSocketProtocols::GraphQLWS => r#"{"type":"ping"}"#,
+        WebSocketProtocols::SubscriptionsTransportWS => r#"{"type":"ka"}"#,
+    };
+    let outgoing = GraphQLWebSocket::new(state.schema.clone(), incoming, protocol)
+        .on_connection_init(accept_connection);
+    futures_util::pin_mut!(outgoing);
+
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + state.keepalive,
+        state.keepalive,
+    );
+    loop {
+        let message = tokio::select! {
+            message = outgoing.next() => match message {
+                Some(WsMessage::Text(text)) => {
+                    forget_completed(&text, &open);
+                    Message::Text(text.into())
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = sink.lock().await.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = keepalive.tick() => Message::Text(ping.into()),
+        };
+        if sink.lock().await.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Counts a client message against the connection's subscription limit: a new subscription
+/// over the limit is refused (the refusal message is returned, and the message is not passed
+/// on); a `complete` (`stop` in the legacy protocol) frees its place.
+fn admit(
+    bytes: &[u8],
+    open: &Mutex<HashSet<String>>,
+    limit: usize,
+    protocol: WebSocketProtocols,
+) -> Option<String> {
+    let message: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = message["id"].as_str()?.to_owned();
+    let mut open = open.lock().ok()?;
+    match message["type"].as_str()? {
+        "subscribe" | "start" if !open.contains(&id) && open.len() >= limit => {
+            use async_graphql::ErrorExtensions as _;
+            let error = ApiError::TooManySubscriptions(limit).extend();
+            let error = serde_json::json!({"message": error.message, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
+            Some(
+                match protocol {
+                    WebSocketProtocols::GraphQLWS => {
+                        serde_json::json!({"type": "error", "id": id, "payload": [error]})
+                    }
+                    WebSocketProtocols::SubscriptionsTransportWS => {
+                        serde_json::json!({"type": "error", "id": id, "payload": error})
+                    }
+                }
+                .to_string(),
+            )
+        }
+        "subscribe" | "start" => {
+            open.insert(id);
+            None
+        }
+        "complete" | "stop" => {
+            open.remove(&id);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A subscription the server ended (`complete`) no longer counts against the limit.
+fn forget_completed(text: &str, open: &Mutex<HashSet<String>>) {
+    if !text.contains("\"complete\"") {
+        return;
+    }
+    if let Ok(message) = serde_json::from_str::<serde_json::Value>(text)
+        && message["type"] == "complete"
+        && let (Some(id), Ok(mut open)) = (message["id"].as_str(), open.lock())
+    {
+        open.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::ApiOptions;
+    use crate::schema::ApiSchema;
+
+    fn message(kind: &str, id: &str) -> Vec<u8> {
+        serde_json::json!({"type": kind, "id": id})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_connection_holds_at_most_its_limit_of_subscriptions() {
+        let open = Mutex::new(HashSet::new());
+        let protocol = WebSocketProtocols::GraphQLWS;
+        assert_eq!(admit(&message("subscribe", "1"), &open, 2, protocol), None);
+        assert_eq!(admit(&message("subscribe", "2"), &open, 2, protocol), None);
+        let refusal: serde_json::Value =
+            serde_json::from_str(&admit(&message("subscribe", "3"), &open, 2, protocol).unwrap())
+                .unwrap();
+        assert_eq!(refusal["type"], "error");
+        assert_eq!(refusal["id"], "3");
+        assert_eq!(
+            refusal["payload"][0]["extensions"]["code"],
+            "TOO_MANY_SUBSCRIPTIONS"
+        );
+        assert_eq!(admit(&message("complete", "1"), &open, 2, protocol), None);
+        assert_eq!(admit(&message("subscribe", "3"), &open, 2, protocol), None);
+        forget_completed(r#"{"type":"complete","id":"2"}"#, &open);
+        assert_eq!(open.lock().unwrap().len(), 1);
+    }
+
+    async fn first_error_code(
+        schema: &ApiSchema,
+        authorization: serde_json::Value,
+    ) -> Option<String> {
+        let data = accept_connection(serde_json::json!({"authorization": authorization}))
+            .await
+            .unwrap();
+        let request = async_graphql::Request::new("subscription { bookAdded { name } }");
+        let mut stream = schema.execute_stream_with_session_data(request, Arc::new(data));
+        let first =
+            tokio::time::timeout(std::time::Duration::from_millis(200), stream.next()).await;
+        match first {
+            Ok(Some(response)) => response.errors.first().and_then(|e| {
+                e.extensions
+                    .as_ref()?
+                    .get("code")
+                    .map(|code| code.to_string().trim_matches('"').to_owned())
+            }),
+            _ => None, // subscribed and waiting for events: allowed
+        }
+    }
+
+    #[tokio::test]
+    async fn subscriptions_need_the_token_from_connection_init_when_one_is_configured() {
+        let options = ApiOptions {
+            auth_token: Some("s3cret".into()),
+            ..ApiOptions::default()
+        };
+        let schema = crate::schema::build_schema_with(
+            Arc::new(crate::tests_support::NoStore),
+            Arc::new(crate::tests_support::NoStore),
+            crate::EventHub::default(),
+            None,
+            &options,
+        );
+        assert_eq!(
+            first_error_code(&schema, serde_json::Value::Null)
+                .await
+                .as_deref(),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            first_error_code(&schema, "Bearer nope".into())
+                .await
+                .as_deref(),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            first_error_code(&schema, "Bearer s3cret".into()).await,
+            None
+        );
+    }
+}

@@ -135,11 +135,9 @@ async fn redrive(
             let Some(record) = letters.stream_record(letter.id).await? else {
                 return Ok(false);
             };
-            let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(db)));
-            let routes: Vec<Route> = consumers::ALL
-                .into_iter()
-                .map(|consumer| Route::consumer(consumer, activity.clone()))
-                .collect();
+            let activity: Arc<dyn consumers::ActivityStore> =
+                Arc::new(EmbeddedActivityStore::new(Arc::clone(db)));
+            let routes = Route::consumers(&activity);
             // The subscriptions' queue is left out: live subscribers are in the server's memory.
             let bus = Arc::new(LocalBus::new(
                 Arc::clone(db),

@@ -10,7 +10,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use processor::{EventPublisher, OutboxEvent, PublishError};
 use serde_json::Value;
 
-use crate::bus::{DeliveryError, Route, Target};
+use crate::bus::{Delivery, DeliveryError, Route, Target};
 
 /// What to break, and how often.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,9 +81,8 @@ struct FaultyTarget {
     faults: Faults,
 }
 
-#[async_trait]
 impl Target for FaultyTarget {
-    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+    fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<Delivery, DeliveryError> {
         let name = event.detail["data"]["name"].as_str().unwrap_or_default();
         if self.faults.is_poison(name) || fastrand::f64() < self.faults.delivery_failure_rate {
             return Err(DeliveryError {
@@ -91,7 +90,7 @@ impl Target for FaultyTarget {
                 message: "injected fault".to_owned(),
             });
         }
-        self.inner.deliver(event).await
+        self.inner.deliver(event)
     }
 
     /// As the real target, unless deliveries are failed on purpose: then one at a time, so a

@@ -91,9 +91,10 @@ pub async fn run(
     if faults.any() {
         tracing::warn!(?faults, "fault injection is on");
     }
-    let routes = consumers::ALL
+    let activity_store: Arc<dyn consumers::ActivityStore> = activity.clone();
+    let routes = Route::consumers(&activity_store)
         .into_iter()
-        .map(|consumer| faulty_route(Route::consumer(consumer, activity.clone()), faults))
+        .map(|route| faulty_route(route, faults))
         .chain([SubscriptionTarget::route(hub.clone())])
         .collect();
     let bus = Arc::new(LocalBus::new(

@@ -14,8 +14,8 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use domain::event::{DetailType, Envelope, Metadata};
 use domain::{Authors, Book, BookName, BookSnapshot, PublishedYear};
-use outboxdemo::bus::{self, DeliveryError, DeliveryOptions, LocalBus, Route, Target};
-use outboxdemo::embedded::{Db, EmbeddedActivityStore, EmbeddedBookStore};
+use outboxdemo::bus::{self, Delivery, DeliveryError, DeliveryOptions, LocalBus, Route, Target};
+use outboxdemo::embedded::{Db, EmbeddedActivityStore, EmbeddedBookStore, EmbeddedDeadLetters};
 use outboxdemo::stream::{self, BatchHandler, ReaderOptions, StreamReader};
 use processor::{EventPublisher, OutboxEvent};
 use serde_json::Value;
@@ -36,6 +36,21 @@ fn reader_options() -> ReaderOptions {
         first_backoff: Duration::from_millis(2),
         max_backoff: Duration::from_millis(10),
     }
+}
+
+/// Every dead letter, with its payload (the record or event) parsed.
+async fn dead_letters(db: &Arc<Db>) -> Vec<(api::DeadLetter, Value)> {
+    let letters = EmbeddedDeadLetters::new(Arc::clone(db))
+        .all(100)
+        .await
+        .unwrap();
+    letters
+        .into_iter()
+        .map(|letter| {
+            let payload = serde_json::from_str(&letter.payload).unwrap();
+            (letter, payload)
+        })
+        .collect()
 }
 
 async fn eventually(mut done: impl FnMut() -> bool) {
@@ -205,7 +220,7 @@ async fn a_failed_record_is_retried_from_where_it_failed_and_nothing_is_handled_
     task.await.unwrap();
 
     assert_eq!(handler.handled_names(), ["A", "B", "C", "D", "E"]);
-    assert!(stream::dead_letters(&db).await.unwrap().is_empty());
+    assert!(dead_letters(&db).await.is_empty());
     assert_eq!(stream::checkpoint(&db).await.unwrap(), 5);
 }
 
@@ -225,11 +240,13 @@ async fn a_poison_record_is_dead_lettered_after_bounded_tries_and_the_stream_goe
     task.await.unwrap();
 
     assert_eq!(handler.handled_names(), ["A", "C", "D"]);
-    let letters = stream::dead_letters(&db).await.unwrap();
+    let letters = dead_letters(&db).await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, 3);
-    assert_eq!(letters[0].record["dynamodb"]["Keys"]["name"]["S"], "Poison");
-    assert_eq!(letters[0].record["eventName"], "INSERT");
+    let (letter, record) = &letters[0];
+    assert_eq!(letter.source, api::DeadLetterSource::Stream);
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(record["dynamodb"]["Keys"]["name"]["S"], "Poison");
+    assert_eq!(record["eventName"], "INSERT");
     // 1 call that handled A then failed, 2 more failing tries, then C and D.
     assert!(*handler.calls.lock().unwrap() >= 4);
 }
@@ -244,9 +261,8 @@ struct ScriptedTarget {
     overlap: bool,
 }
 
-#[async_trait]
 impl Target for ScriptedTarget {
-    async fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<(), DeliveryError> {
+    fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<Delivery, DeliveryError> {
         let name = event.detail["data"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -265,7 +281,7 @@ impl Target for ScriptedTarget {
             });
         }
         self.got.lock().unwrap().push(event);
-        Ok(())
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 
     fn overlaps(&self) -> bool {
@@ -402,19 +418,21 @@ async fn retries_then_dead_letters(overlap: bool) {
     while tasks.join_next().await.is_some() {}
 
     assert_eq!(names(&target), ["Flaky", "Fine"]);
-    let letters = bus::dead_letters(&db).await.unwrap();
+    let letters = dead_letters(&db).await;
     let summary: Vec<_> = letters
         .iter()
-        .map(|l| {
+        .map(|(letter, event)| {
             (
-                l.event["detail"]["data"]["name"].as_str().unwrap(),
-                l.attempts,
+                letter.source,
+                event["detail"]["data"]["name"].as_str().unwrap(),
+                letter.attempts,
             )
         })
         .collect();
-    assert_eq!(summary, [("Hopeless", 4), ("Malformed", 1)]);
-    assert_eq!(letters[0].reason, "Hopeless refused");
-    assert_eq!(letters[0].target, "t");
+    let bus = api::DeadLetterSource::Bus;
+    assert_eq!(summary, [(bus, "Hopeless", 4), (bus, "Malformed", 1)]);
+    assert_eq!(letters[0].0.reason, "Hopeless refused");
+    assert_eq!(letters[0].0.target.as_deref(), Some("t"));
     assert_eq!(bus::queued(&db).await.unwrap(), 0);
 }
 
@@ -502,6 +520,41 @@ async fn a_consumer_records_a_large_backlog_in_queue_order() {
         .iter()
         .rev()
         .map(|item| item.entry.book.name.as_str().to_owned())
+        .collect();
+    assert_eq!(recorded, names);
+}
+
+/// What lets the bus overlap a consumer's deliveries: the embedded store issues each activity
+/// write when `record` is called, so the writes land in call order however they are awaited.
+#[tokio::test]
+async fn the_embedded_activity_store_writes_in_call_order_whatever_the_await_order() {
+    use consumers::ActivityStore;
+
+    let db = Db::in_memory().unwrap();
+    let activity = EmbeddedActivityStore::new(Arc::clone(&db));
+    assert!(activity.issues_writes_on_call());
+    let names: Vec<String> = (0..20).map(|i| format!("Book {i:02}")).collect();
+    let recordings: Vec<_> = names
+        .iter()
+        .map(|name| {
+            activity.record(&domain::ActivityEntry {
+                event_id: format!("id-{name}"),
+                detail_type: DetailType::Added,
+                consumer: "book-added".to_owned(),
+                book: BookSnapshot::from(book(name)),
+                processed_at: chrono::Utc::now(),
+            })
+        })
+        .collect();
+    for recording in recordings.into_iter().rev() {
+        recording.await.unwrap();
+    }
+    let page = api::ActivityFeed::list(&activity, 100, None).await.unwrap();
+    let recorded: Vec<&str> = page
+        .items
+        .iter()
+        .rev()
+        .map(|item| item.entry.book.name.as_str())
         .collect();
     assert_eq!(recorded, names);
 }

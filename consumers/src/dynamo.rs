@@ -1,12 +1,11 @@
 //! The DynamoDB adapter of [`ActivityStore`].
 
-use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use domain::ActivityEntry;
 use domain::item;
 
-use crate::store::{ActivityStore, ActivityStoreError, Recorded};
+use crate::store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
 /// The activity table on DynamoDB: a put conditional on the event id being new.
 #[derive(Debug, Clone)]
@@ -25,30 +24,31 @@ impl DynamoActivityStore {
     }
 }
 
-#[async_trait]
 impl ActivityStore for DynamoActivityStore {
-    async fn record(&self, entry: &ActivityEntry) -> Result<Recorded, ActivityStoreError> {
-        let item = item::activity_to_item(entry).map_err(|e| ActivityStoreError(e.into()))?;
-        let result = self
+    /// The request goes out when the future is first polled: a Lambda handles one event at a
+    /// time, so nothing needs the writes issued in call order.
+    fn record(&self, entry: &ActivityEntry) -> Recording {
+        let item = item::activity_to_item(entry);
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item.into()))
-            .condition_expression("attribute_not_exists(eventId)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Recorded::New),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Recorded::AlreadyRecorded)
+            .condition_expression("attribute_not_exists(eventId)");
+        Box::pin(async move {
+            let item = item.map_err(|e| ActivityStoreError(e.into()))?;
+            match put.set_item(Some(item.into())).send().await {
+                Ok(_) => Ok(Recorded::New),
+                Err(error)
+                    if error
+                        .as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(Recorded::AlreadyRecorded)
+                }
+                Err(error) => Err(ActivityStoreError(
+                    DisplayErrorContext(error).to_string().into(),
+                )),
             }
-            Err(error) => Err(ActivityStoreError(
-                DisplayErrorContext(error).to_string().into(),
-            )),
-        }
+        })
     }
 }

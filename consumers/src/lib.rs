@@ -2,24 +2,36 @@
 //!
 //! - [`book_added`], [`book_removed`]: one module per consumer, each a [`Consumer`] and the
 //!   handler its Lambda and the local bus call.
-//! - [`dynamo`]: [`dynamo::DynamoActivityStore`], the store the consumer Lambdas use.
-//! - [`run`]: the whole of a consumer Lambda's `main`, given its [`Consumer`].
 //! - [`store`]: the [`ActivityStore`] port. Recording an activity entry is both a consumer's
 //!   visible effect and its idempotency record: the entry is keyed by the event's
 //!   `metadata.eventId`, so a redelivered event has no second effect.
+//! - With the `aws` feature: [`dynamo`], [`dynamo::DynamoActivityStore`], the store the consumer
+//!   Lambdas use, and [`lambda`], the whole of a consumer Lambda's `main` ([`lambda::run`]).
+//!
+//! **Ordering.** The local bus overlaps a consumer's deliveries (it starts the next before the
+//! previous has finished) and relies on each consumer's effect being *issued* in the order the
+//! deliveries were started. That is why [`Consumer::start`] is synchronous and issues the
+//! store's write before it returns: a consumer that needs to do more must do it without
+//! awaiting anything before the write, or the effects of one book's changes could land out of
+//! order. `tests.rs` fails when the write is not issued in the first poll.
+
+#![warn(missing_docs)]
 
 pub mod book_added;
 pub mod book_removed;
+#[cfg(feature = "aws")]
 pub mod dynamo;
+#[cfg(feature = "aws")]
+pub mod lambda;
 pub mod store;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use chrono::Utc;
-use domain::ActivityEntry;
 use domain::event::{DetailType, Envelope, SOURCE};
+use domain::{ActivityEntry, BookName};
 use serde_json::Value;
 
-pub use store::{ActivityStore, ActivityStoreError, Recorded};
+pub use store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
 /// A consumer: its name and the one detail type it reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,29 +74,59 @@ impl ConsumerError {
     }
 }
 
-/// What Lambda reports for a failed invocation: the kind of failure and its message.
-impl From<ConsumerError> for lambda_runtime::Diagnostic {
-    fn from(error: ConsumerError) -> Self {
-        let error_type = match &error {
-            ConsumerError::UnexpectedEvent { .. } => "UnexpectedEvent",
-            ConsumerError::MalformedDetail(_) => "MalformedDetail",
-            ConsumerError::Store(_) => "ActivityStoreFailed",
-        };
-        Self {
-            error_type: error_type.to_owned(),
-            error_message: error.to_string(),
+/// A consumer's reaction to one event, with its store write issued (see [`Consumer::start`]);
+/// [`Handling::finish`] waits for the store's answer.
+#[must_use = "the write is issued, but its outcome is only known once finished"]
+pub struct Handling {
+    consumer: &'static str,
+    event_id: String,
+    book: BookName,
+    recording: Recording,
+}
+
+impl std::fmt::Debug for Handling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handling")
+            .field("consumer", &self.consumer)
+            .field("event_id", &self.event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handling {
+    /// Waits for the activity store's answer: whether this event had its effect now, or had it
+    /// already.
+    pub async fn finish(self) -> Result<Recorded, ConsumerError> {
+        let recorded = self.recording.await?;
+        match recorded {
+            Recorded::New => tracing::info!(
+                event_id = %self.event_id,
+                consumer = self.consumer,
+                book = %self.book,
+                "activity recorded"
+            ),
+            Recorded::AlreadyRecorded => tracing::info!(
+                event_id = %self.event_id,
+                consumer = self.consumer,
+                "event already processed; no second effect"
+            ),
         }
+        Ok(recorded)
     }
 }
 
 impl Consumer {
-    /// Reacts to one event delivered by the bus: checks that it is this consumer's, reads the
-    /// envelope and records the activity entry (once per event id).
-    pub async fn handle(
+    /// Starts reacting to one event delivered by the bus: checks that it is this consumer's,
+    /// reads the envelope and issues the activity write (once per event id).
+    ///
+    /// Synchronous on purpose: the write is issued before this returns, so that deliveries
+    /// started in queue order have their effects in queue order (see the crate's docs). Keep
+    /// anything asynchronous after the write, in [`Handling::finish`].
+    pub fn start(
         &self,
         event: EventBridgeEvent<Value>,
         store: &dyn ActivityStore,
-    ) -> Result<Recorded, ConsumerError> {
+    ) -> Result<Handling, ConsumerError> {
         if event.source != SOURCE || event.detail_type != self.detail_type.as_str() {
             return Err(ConsumerError::UnexpectedEvent {
                 consumer: self.name,
@@ -100,51 +142,23 @@ impl Consumer {
             book: envelope.data,
             processed_at: Utc::now(),
         };
-        let recorded = store.record(&entry).await?;
-        match recorded {
-            Recorded::New => tracing::info!(
-                event_id = %entry.event_id,
-                consumer = self.name,
-                book = %entry.book.name,
-                "activity recorded"
-            ),
-            Recorded::AlreadyRecorded => tracing::info!(
-                event_id = %entry.event_id,
-                consumer = self.name,
-                "event already processed; no second effect"
-            ),
-        }
-        Ok(recorded)
+        let recording = store.record(&entry);
+        Ok(Handling {
+            consumer: self.name,
+            event_id: entry.event_id,
+            book: entry.book.name,
+            recording,
+        })
     }
-}
 
-/// Configuration of a consumer Lambda, from the environment.
-#[derive(Debug, clap::Parser)]
-struct LambdaConfig {
-    /// The activity table.
-    #[arg(long, env = "ACTIVITY_TABLE_NAME")]
-    activity_table_name: String,
-}
-
-/// Runs `consumer` as a Lambda on EventBridge events: reads its configuration, builds the
-/// DynamoDB client once, and serves invocations. An error fails the invocation, so Lambda
-/// retries it and finally sends it to the function's on-failure destination.
-pub async fn run(consumer: Consumer) -> Result<(), lambda_runtime::Error> {
-    use clap::Parser as _;
-    lambda_runtime::tracing::init_default_subscriber();
-    let config = LambdaConfig::try_parse()?;
-    let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
-    let store = dynamo::DynamoActivityStore::new(client, config.activity_table_name);
-    let store = &store;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<EventBridgeEvent<Value>>| async move {
-            consumer
-                .handle(event.payload, store)
-                .await
-                .map(|recorded| serde_json::json!({"recorded": recorded == Recorded::New}))
-        },
-    ))
-    .await
+    /// Reacts to one event: [`Consumer::start`], then [`Handling::finish`].
+    pub async fn handle(
+        &self,
+        event: EventBridgeEvent<Value>,
+        store: &dyn ActivityStore,
+    ) -> Result<Recorded, ConsumerError> {
+        self.start(event, store)?.finish().await
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The port consumers record their activity through.
 
-use async_trait::async_trait;
+use std::pin::Pin;
+
 use domain::ActivityEntry;
 
 /// Whether recording an entry had an effect.
@@ -12,11 +13,25 @@ pub enum Recorded {
     AlreadyRecorded,
 }
 
+/// A conditional put in hand: it resolves to the store's answer.
+pub type Recording = Pin<Box<dyn Future<Output = Result<Recorded, ActivityStoreError>> + Send>>;
+
 /// Where consumers record what they did, keyed by event id.
-#[async_trait]
 pub trait ActivityStore: Send + Sync {
     /// Records `entry` unless an entry with its event id exists (a conditional put).
-    async fn record(&self, entry: &ActivityEntry) -> Result<Recorded, ActivityStoreError>;
+    ///
+    /// Synchronous, and the returned [`Recording`] owns what it needs: a store that
+    /// [issues its writes on call](ActivityStore::issues_writes_on_call) has the write in hand
+    /// before this returns, so writes apply in the order of the calls however their futures are
+    /// awaited.
+    fn record(&self, entry: &ActivityEntry) -> Recording;
+
+    /// Whether [`ActivityStore::record`] issues the write before it returns (rather than when
+    /// its future is first polled). The local bus overlaps a consumer's deliveries only then,
+    /// since that is what keeps the consumer's effects in queue order. False by default.
+    fn issues_writes_on_call(&self) -> bool {
+        false
+    }
 }
 
 /// The activity store could not be reached or refused the write.

@@ -1,24 +1,58 @@
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::*;
 
-/// An in-memory store with the conditional-put semantics of the real ones.
-#[derive(Debug, Default)]
-struct MemoryStore(Mutex<BTreeMap<String, ActivityEntry>>);
+/// An in-memory store with the conditional-put semantics of the real ones. It takes each write
+/// when `record` is called, and answers when `answer` is set (`None`: never, so a test can see
+/// what was issued before any answer).
+#[derive(Debug)]
+struct MemoryStore {
+    entries: Arc<Mutex<BTreeMap<String, ActivityEntry>>>,
+    answer: bool,
+}
 
-#[async_trait]
-impl ActivityStore for MemoryStore {
-    async fn record(&self, entry: &ActivityEntry) -> Result<Recorded, ActivityStoreError> {
-        let mut entries = self.0.lock().unwrap();
-        if entries.contains_key(&entry.event_id) {
-            return Ok(Recorded::AlreadyRecorded);
+impl MemoryStore {
+    fn answering() -> Self {
+        Self {
+            entries: Arc::default(),
+            answer: true,
         }
-        entries.insert(entry.event_id.clone(), entry.clone());
-        Ok(Recorded::New)
+    }
+
+    fn silent() -> Self {
+        Self {
+            answer: false,
+            ..Self::answering()
+        }
+    }
+
+    fn entries(&self) -> BTreeMap<String, ActivityEntry> {
+        self.entries.lock().unwrap().clone()
+    }
+}
+
+impl ActivityStore for MemoryStore {
+    fn record(&self, entry: &ActivityEntry) -> Recording {
+        let mut entries = self.entries.lock().unwrap();
+        let recorded = if entries.contains_key(&entry.event_id) {
+            Recorded::AlreadyRecorded
+        } else {
+            entries.insert(entry.event_id.clone(), entry.clone());
+            Recorded::New
+        };
+        if self.answer {
+            Box::pin(std::future::ready(Ok(recorded)))
+        } else {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn issues_writes_on_call(&self) -> bool {
+        true
     }
 }
 
@@ -26,10 +60,13 @@ fn event(json: &str) -> EventBridgeEvent<Value> {
     serde_json::from_str(json).unwrap()
 }
 
+const ADDED: &str = include_str!("../fixtures/added-event.json");
+const REMOVED: &str = include_str!("../fixtures/removed-event.json");
+
 #[tokio::test]
 async fn book_added_records_one_entry_per_event_id() {
-    let store = MemoryStore::default();
-    let added = event(include_str!("../fixtures/added-event.json"));
+    let store = MemoryStore::answering();
+    let added = event(ADDED);
     assert_eq!(
         book_added::handle(added.clone(), &store).await.unwrap(),
         Recorded::New
@@ -39,7 +76,7 @@ async fn book_added_records_one_entry_per_event_id() {
         Recorded::AlreadyRecorded
     );
 
-    let entries = store.0.into_inner().unwrap();
+    let entries = store.entries();
     assert_eq!(entries.len(), 1);
     let entry = &entries["c4ca4238a0b923820dcc509a6f75849b"];
     assert_eq!(entry.consumer, "book-added");
@@ -49,13 +86,13 @@ async fn book_added_records_one_entry_per_event_id() {
 
 #[tokio::test]
 async fn book_removed_accepts_a_name_only_book() {
-    let store = MemoryStore::default();
-    let removed = event(include_str!("../fixtures/removed-event.json"));
+    let store = MemoryStore::answering();
+    let removed = event(REMOVED);
     assert_eq!(
         book_removed::handle(removed, &store).await.unwrap(),
         Recorded::New
     );
-    let entries = store.0.into_inner().unwrap();
+    let entries = store.entries();
     let entry = &entries["a87ff679a2f3e71d9181a67b7542122c"];
     assert_eq!(
         (entry.consumer.as_str(), entry.book.name.as_str()),
@@ -65,21 +102,22 @@ async fn book_removed_accepts_a_name_only_book() {
 
 #[tokio::test]
 async fn a_consumer_refuses_events_that_are_not_its_own() {
-    let store = MemoryStore::default();
-    let added = event(include_str!("../fixtures/added-event.json"));
-    let error = book_removed::handle(added, &store).await.unwrap_err();
+    let store = MemoryStore::answering();
+    let error = book_removed::handle(event(ADDED), &store)
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, ConsumerError::UnexpectedEvent { .. }),
         "{error}"
     );
     assert!(!error.is_retryable());
-    assert!(store.0.into_inner().unwrap().is_empty());
+    assert!(store.entries().is_empty());
 }
 
 #[tokio::test]
 async fn a_malformed_detail_is_a_clear_non_retryable_error() {
-    let store = MemoryStore::default();
-    let mut added = event(include_str!("../fixtures/added-event.json"));
+    let store = MemoryStore::answering();
+    let mut added = event(ADDED);
     added.detail = json!({"metadata": {"eventId": "x"}, "data": {"name": ""}});
     let error = book_added::handle(added, &store).await.unwrap_err();
     assert!(
@@ -92,13 +130,61 @@ async fn a_malformed_detail_is_a_clear_non_retryable_error() {
 #[tokio::test]
 async fn store_failures_are_retryable() {
     struct Unavailable;
-    #[async_trait]
     impl ActivityStore for Unavailable {
-        async fn record(&self, _: &ActivityEntry) -> Result<Recorded, ActivityStoreError> {
-            Err(ActivityStoreError("disk on fire".into()))
+        fn record(&self, _: &ActivityEntry) -> Recording {
+            Box::pin(std::future::ready(Err(ActivityStoreError(
+                "disk on fire".into(),
+            ))))
         }
     }
-    let added = event(include_str!("../fixtures/added-event.json"));
-    let error = book_added::handle(added, &Unavailable).await.unwrap_err();
+    let error = book_added::handle(event(ADDED), &Unavailable)
+        .await
+        .unwrap_err();
     assert!(error.is_retryable(), "{error}");
+}
+
+/// The ordering contract (see the crate's docs): every consumer has issued its store write by
+/// the end of the first poll of its handler, before it waits for anything. An `.await` on
+/// anything else before the write makes this fail.
+#[test]
+fn every_consumer_issues_its_write_before_it_first_waits() {
+    type Handler = for<'a> fn(
+        EventBridgeEvent<Value>,
+        &'a dyn ActivityStore,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Recorded, ConsumerError>> + 'a>,
+    >;
+    let handlers: [(Consumer, &str, Handler); 2] = [
+        (book_added::CONSUMER, ADDED, |e, s| {
+            Box::pin(book_added::handle(e, s))
+        }),
+        (book_removed::CONSUMER, REMOVED, |e, s| {
+            Box::pin(book_removed::handle(e, s))
+        }),
+    ];
+    for (consumer, fixture, handler) in handlers {
+        // The bus's path: the write is issued by the time `start` returns.
+        let store = MemoryStore::silent();
+        let handling = consumer.start(event(fixture), &store).unwrap();
+        assert_eq!(store.entries().len(), 1, "{}: start", consumer.name);
+        drop(handling);
+
+        // The Lambda's path: the write is issued within the first poll.
+        let store = MemoryStore::silent();
+        let mut handling = handler(event(fixture), &store);
+        let first = handling
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(
+            first.is_pending(),
+            "{}: the silent store never answers",
+            consumer.name
+        );
+        assert_eq!(
+            store.entries().len(),
+            1,
+            "{} awaited something before its store write",
+            consumer.name
+        );
+    }
 }

@@ -1,14 +1,26 @@
-//! The consumers' activity in the embedded store.
+//! The `activity` table: what the consumers did, keyed by event id, which is both their
+//! visible effect and their idempotency record.
 
 use std::sync::Arc;
 
 use api::{ActivityFeed, ActivityItem, Page, StoreError};
 use async_trait::async_trait;
-use consumers::{ActivityStore, ActivityStoreError, Recorded};
+use consumers::{ActivityStore, ActivityStoreError, Recorded, Recording};
 use domain::{ActivityEntry, DetailType};
 use rusqlite::params;
 
-use super::{Db, DbError};
+use super::{Db, DbError, timestamp};
+
+/// Version 1 of the table.
+pub(super) const DDL_V1: &str = "
+CREATE TABLE IF NOT EXISTS activity (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    detail_type TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    book TEXT NOT NULL,
+    processed_at TEXT NOT NULL
+);";
 
 /// The activity table: the consumers' conditional put ([`ActivityStore`]) and the API's
 /// newest-first feed ([`ActivityFeed`]).
@@ -24,32 +36,34 @@ impl EmbeddedActivityStore {
     }
 }
 
-#[async_trait]
 impl ActivityStore for EmbeddedActivityStore {
-    async fn record(&self, entry: &ActivityEntry) -> Result<Recorded, ActivityStoreError> {
+    /// The write is queued on the writer thread before this returns ([`Db::write`]).
+    fn record(&self, entry: &ActivityEntry) -> Recording {
         let entry = entry.clone();
-        self.db
-            .write(move |conn| {
-                let inserted = conn
-                    .prepare_cached(
-                        "INSERT INTO activity (event_id, detail_type, consumer, book, processed_at)
+        let write = self.db.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO activity (event_id, detail_type, consumer, book, processed_at)
                          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
-                    )?
-                    .execute(params![
-                        entry.event_id,
-                        entry.detail_type.as_str(),
-                        entry.consumer,
-                        serde_json::to_string(&entry.book)?,
-                        entry.processed_at.to_rfc3339(),
-                    ])?;
-                Ok(if inserted == 1 {
-                    Recorded::New
-                } else {
-                    Recorded::AlreadyRecorded
-                })
+                )?
+                .execute(params![
+                    entry.event_id,
+                    entry.detail_type.as_str(),
+                    entry.consumer,
+                    serde_json::to_string(&entry.book)?,
+                    entry.processed_at.to_rfc3339(),
+                ])?;
+            Ok(if inserted == 1 {
+                Recorded::New
+            } else {
+                Recorded::AlreadyRecorded
             })
-            .await
-            .map_err(|e| ActivityStoreError(e.into()))
+        });
+        Box::pin(async move { write.await.map_err(|e| ActivityStoreError(e.into())) })
+    }
+
+    fn issues_writes_on_call(&self) -> bool {
+        true
     }
 }
 
@@ -91,9 +105,7 @@ impl ActivityFeed for EmbeddedActivityStore {
                     let detail_type = DetailType::parse(&detail_type).ok_or_else(|| {
                         DbError::Corrupt(format!("unknown detail type {detail_type:?}"))
                     })?;
-                    let processed_at = chrono::DateTime::parse_from_rfc3339(&processed_at)
-                        .map_err(|e| DbError::Corrupt(format!("bad timestamp: {e}")))?
-                        .to_utc();
+                    let processed_at = timestamp(&processed_at)?;
                     items.push(ActivityItem {
                         position: position.to_string(),
                         entry: ActivityEntry {

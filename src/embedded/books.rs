@@ -1,4 +1,5 @@
-//! The books table of the embedded store, with its change stream.
+//! The `books` table: [`EmbeddedBookStore`], whose every write commits the book and its record
+//! in the [`stream`](super::stream) table in one transaction.
 
 use std::sync::Arc;
 
@@ -8,7 +9,14 @@ use domain::item;
 use domain::{Book, BookName};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Db, DbError};
+use super::{Db, DbError, stream};
+
+/// Version 1 of the table: the item as DynamoDB JSON, keyed by the book's name.
+pub(super) const DDL_V1: &str = "
+CREATE TABLE IF NOT EXISTS books (
+    name TEXT PRIMARY KEY,
+    item TEXT NOT NULL
+) WITHOUT ROWID;";
 
 /// A [`BookStore`] on the embedded database. Every write commits the item and its stream
 /// record (`INSERT` with the new image, `REMOVE` with the old one) in one transaction, as
@@ -34,7 +42,7 @@ fn book_from_json(json: &str) -> Result<Book, DbError> {
     item::from_item(item).map_err(|e| DbError::Corrupt(format!("stored item is not a book: {e}")))
 }
 
-/// Appends a stream record in the caller's write (so it commits with the change).
+/// Appends the change's stream record in the caller's write (so it commits with the change).
 fn append_record(
     conn: &Connection,
     event_name: &str,
@@ -43,20 +51,7 @@ fn append_record(
     old_image: Option<&str>,
 ) -> Result<(), DbError> {
     let keys = serde_json::to_string(&item::key(name))?;
-    let event_id = uuid::Uuid::new_v4().simple().to_string();
-    conn.prepare_cached(
-        "INSERT INTO stream (event_id, event_name, keys, new_image, old_image, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        event_id,
-        event_name,
-        keys,
-        new_image,
-        old_image,
-        chrono::Utc::now().timestamp_millis()
-    ])?;
-    Ok(())
+    stream::append(conn, event_name, &keys, new_image, old_image)
 }
 
 enum Outcome<T> {

@@ -1,13 +1,13 @@
-//! The dead letters of the embedded store: listing them (the API's [`DeadLetterFeed`]) and
-//! sending them back (redrive).
+//! [`EmbeddedDeadLetters`]: the stream's and the bus's dead letters together, for the API's
+//! [`DeadLetterFeed`] and the CLI: listing them, and sending them back (redrive). The SQL is in
+//! the two tables' modules.
 
 use std::sync::Arc;
 
-use api::{DeadLetter, DeadLetterFeed, DeadLetterSource, StoreError};
+use api::{DeadLetter, DeadLetterFeed, StoreError};
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
 
-use super::{Db, DbError};
+use super::{Db, DbError, bus_dead_letters, bus_queue, stream_dead_letters};
 
 /// The stream's and the bus's dead letters.
 #[derive(Debug, Clone)]
@@ -21,44 +21,15 @@ impl EmbeddedDeadLetters {
         Self { db }
     }
 
-    /// Every dead letter, oldest first, up to `limit`.
+    /// Every dead letter, oldest first (by when it was set aside, then id), up to `limit`.
     pub async fn all(&self, limit: usize) -> Result<Vec<DeadLetter>, DbError> {
         self.db
             .read(move |conn| {
-                let mut statement = conn.prepare_cached(
-                    "SELECT 'stream', seq, NULL, event_id, reason, attempts, failed_at, record FROM stream_dead_letters
-                     UNION ALL
-                     SELECT 'bus', id, target, json_extract(event, '$.detail.metadata.eventId'), reason, attempts, failed_at, event FROM bus_dead_letters
-                     ORDER BY 7, 2 LIMIT ?1",
-                )?;
-                let rows = statement.query_map([limit as i64], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, u32>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, String>(7)?,
-                    ))
-                })?;
-                let mut letters = Vec::new();
-                for row in rows {
-                    let (source, id, target, event_id, reason, attempts, failed_at, payload) = row?;
-                    letters.push(DeadLetter {
-                        source: if source == "stream" { DeadLetterSource::Stream } else { DeadLetterSource::Bus },
-                        id,
-                        target,
-                        event_id,
-                        reason,
-                        attempts,
-                        failed_at: chrono::DateTime::parse_from_rfc3339(&failed_at)
-                            .map_err(|e| DbError::Corrupt(format!("bad timestamp: {e}")))?
-                            .to_utc(),
-                        payload,
-                    });
-                }
+                let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let mut letters = stream_dead_letters::list(conn, sql_limit)?;
+                letters.extend(bus_dead_letters::list(conn, sql_limit)?);
+                letters.sort_by_key(|letter| (letter.failed_at, letter.id));
+                letters.truncate(limit);
                 Ok(letters)
             })
             .await
@@ -69,21 +40,10 @@ impl EmbeddedDeadLetters {
     pub async fn redrive_bus(&self, id: i64) -> Result<bool, DbError> {
         self.db
             .write(move |conn| {
-                let letter: Option<(String, String)> = conn
-                    .query_row(
-                        "SELECT target, event FROM bus_dead_letters WHERE id = ?1",
-                        [id],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                    .optional()?;
-                let Some((target, event)) = letter else {
+                let Some((target, event)) = bus_dead_letters::take(conn, id)? else {
                     return Ok(false);
                 };
-                conn.execute(
-                    "INSERT INTO bus_queue (target, event) VALUES (?1, ?2)",
-                    params![target, event],
-                )?;
-                conn.execute("DELETE FROM bus_dead_letters WHERE id = ?1", [id])?;
+                bus_queue::enqueue(conn, &target, &event)?;
                 Ok(true)
             })
             .await
@@ -91,32 +51,17 @@ impl EmbeddedDeadLetters {
 
     /// A stream dead letter's record, as the processor got it.
     pub async fn stream_record(&self, seq: i64) -> Result<Option<serde_json::Value>, DbError> {
-        let record: Option<String> = self
+        let record = self
             .db
-            .read(move |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT record FROM stream_dead_letters WHERE seq = ?1",
-                        [seq],
-                        |row| row.get(0),
-                    )
-                    .optional()?)
-            })
+            .read(move |conn| stream_dead_letters::record(conn, seq))
             .await?;
-        record
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(DbError::from)
+        Ok(record.as_deref().map(serde_json::from_str).transpose()?)
     }
 
     /// Forgets a stream dead letter (after the processor took its record on redrive).
     pub async fn remove_stream(&self, seq: i64) -> Result<(), DbError> {
         self.db
-            .write(move |conn| {
-                conn.execute("DELETE FROM stream_dead_letters WHERE seq = ?1", [seq])?;
-                Ok(())
-            })
+            .write(move |conn| stream_dead_letters::remove(conn, seq))
             .await
     }
 }

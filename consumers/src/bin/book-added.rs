@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    consumers::run(consumers::book_added::CONSUMER).await
+    consumers::lambda::run(consumers::book_added::CONSUMER).await
 }

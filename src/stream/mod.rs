@@ -6,6 +6,11 @@
 //! record, which is retried with backoff; after [`ReaderOptions::max_attempts`] it is moved to
 //! the dead letters (with the checkpoint past it, in one transaction) and the stream goes on.
 //! One reader handles one batch at a time, so records are handled in commit order.
+//!
+//! - this module: [`StreamReader`], its [`ReaderOptions`], and the [`BatchHandler`] it calls.
+//! - `records`: a stored change as the typed `EventRecord` a Lambda gets.
+
+mod records;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +19,11 @@ use async_trait::async_trait;
 use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use processor::EventPublisher;
-use rusqlite::{OptionalExtension, params};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::{Db, DbError, WriteInFlight};
+use crate::embedded::stream::StoredRecord;
+use crate::embedded::{Db, DbError, WriteInFlight, checkpoints, stream, stream_dead_letters};
+use records::{lambda_record, sequence_number};
 
 /// The name under which the processor's checkpoint is stored.
 pub const PROCESSOR: &str = "processor";
@@ -89,108 +94,12 @@ impl ReaderOptions {
     }
 }
 
-/// One committed change, as stored.
-#[derive(Debug, Clone)]
-struct StoredRecord {
-    seq: i64,
-    event_id: String,
-    event_name: String,
-    keys: String,
-    new_image: Option<String>,
-    old_image: Option<String>,
-    created_at_ms: i64,
-}
-
-/// Sequence numbers are zero-padded so that they order the same as text and as numbers, as
-/// DynamoDB's do.
-fn sequence_number(seq: i64) -> String {
-    format!("{seq:021}")
-}
-
-impl StoredRecord {
-    /// The record as DynamoDB Streams presents it to a Lambda, as JSON text. The stored keys
-    /// and images are JSON already and go in as they are: nothing is parsed to be written
-    /// again.
-    fn to_lambda_json(&self) -> Result<String, DbError> {
-        let size = self.keys.len()
-            + self.new_image.as_ref().map_or(0, String::len)
-            + self.old_image.as_ref().map_or(0, String::len);
-        let mut json = format!(
-            concat!(
-                r#"{{"eventID":{},"eventName":{},"eventVersion":"1.1","eventSource":"aws:dynamodb","#,
-                r#""awsRegion":"local","eventSourceARN":{},"dynamodb":{{"#,
-                // Whole epoch seconds, as DynamoDB Streams sends them (aws_lambda_events would
-                // misread a fraction as microseconds).
-                r#""ApproximateCreationDateTime":{},"Keys":{},"SequenceNumber":"{}","#,
-                r#""SizeBytes":{},"StreamViewType":"NEW_AND_OLD_IMAGES""#,
-            ),
-            serde_json::to_string(&self.event_id)?,
-            serde_json::to_string(&self.event_name)?,
-            serde_json::to_string(STREAM_ARN)?,
-            self.created_at_ms.div_euclid(1000),
-            self.keys,
-            sequence_number(self.seq),
-            size,
-        );
-        if let Some(image) = &self.new_image {
-            json.push_str(r#","NewImage":"#);
-            json.push_str(image);
-        }
-        if let Some(image) = &self.old_image {
-            json.push_str(r#","OldImage":"#);
-            json.push_str(image);
-        }
-        json.push_str("}}");
-        Ok(json)
-    }
-}
-
-/// The stream's ARN in the local records.
-const STREAM_ARN: &str = "arn:aws:dynamodb:local:000000000000:table/outbox-demo/stream/local";
-
 async fn read_checkpoint(db: &Arc<Db>) -> Result<i64, DbError> {
-    db.read(|conn| {
-        Ok(conn
-            .query_row(
-                "SELECT seq FROM checkpoints WHERE reader = ?1",
-                [PROCESSOR],
-                |row| row.get(0),
-            )
-            .optional()?
-            .unwrap_or(0))
-    })
-    .await
-}
-
-async fn read_batch(db: &Arc<Db>, after: i64, limit: usize) -> Result<Vec<StoredRecord>, DbError> {
-    db.read(move |conn| {
-        let mut statement = conn.prepare_cached(
-            "SELECT seq, event_id, event_name, keys, new_image, old_image, created_at_ms
-             FROM stream WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = statement.query_map(params![after, limit as i64], |row| {
-            Ok(StoredRecord {
-                seq: row.get(0)?,
-                event_id: row.get(1)?,
-                event_name: row.get(2)?,
-                keys: row.get(3)?,
-                new_image: row.get(4)?,
-                old_image: row.get(5)?,
-                created_at_ms: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    })
-    .await
+    db.read(|conn| checkpoints::get(conn, PROCESSOR)).await
 }
 
 fn save_checkpoint(conn: &rusqlite::Connection, seq: i64) -> Result<(), DbError> {
-    conn.prepare_cached(
-        "INSERT INTO checkpoints (reader, seq) VALUES (?1, ?2)
-         ON CONFLICT (reader) DO UPDATE SET seq = excluded.seq",
-    )?
-    .execute(params![PROCESSOR, seq])?;
-    Ok(())
+    checkpoints::save(conn, PROCESSOR, seq)
 }
 
 /// Reads the change stream and feeds it to a [`BatchHandler`].
@@ -262,18 +171,22 @@ impl<H: BatchHandler> StreamReader<H> {
         failing: &mut Failing,
         saving: &mut Option<WriteInFlight>,
     ) -> Result<Step, DbError> {
-        let records = read_batch(&self.db, checkpoint, self.options.batch_size).await?;
+        let batch_size = self.options.batch_size;
+        let records = self
+            .db
+            .read(move |conn| stream::after(conn, checkpoint, batch_size))
+            .await?;
         if let Some(save) = saving.take() {
             save.await?;
         }
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(Step::Idle);
         };
-        let json = records
+        let mut event = Event::default();
+        event.records = records
             .iter()
-            .map(StoredRecord::to_lambda_json)
+            .map(lambda_record)
             .collect::<Result<Vec<_>, _>>()?;
-        let event: Event = serde_json::from_str(&format!(r#"{{"Records":[{}]}}"#, json.join(",")))?;
         let response = self.handler.handle(event).await;
 
         let Some(index) = first_failure(&response, &records) else {
@@ -316,18 +229,16 @@ impl<H: BatchHandler> StreamReader<H> {
         let attempts = failing.attempts;
         let seq = record.seq;
         let event_id = record.event_id.clone();
-        let record_json = json[index].clone();
+        // Built again from the stored record: the batch went to the handler.
+        let record_json = serde_json::to_string(&lambda_record(record)?)?;
         let reason = format!("the processor failed this record {attempts} times");
         tracing::error!(%event_id, attempts, "stream record dead-lettered; the stream moves on");
-        self.db.write(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO stream_dead_letters (seq, event_id, record, reason, attempts, failed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![seq, event_id, record_json, reason, attempts, chrono::Utc::now().to_rfc3339()],
-            )?;
-            save_checkpoint(conn, seq)
-        })
-        .await?;
+        self.db
+            .write(move |conn| {
+                stream_dead_letters::insert(conn, seq, &event_id, &record_json, &reason, attempts)?;
+                save_checkpoint(conn, seq)
+            })
+            .await?;
         *failing = Failing::default();
         Ok(Step::Advanced(seq))
     }
@@ -366,117 +277,7 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
     }
 }
 
-/// A stream record that the processor kept failing, set aside so the stream could go on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamDeadLetter {
-    /// The record's position in the stream.
-    pub seq: i64,
-    /// The record's `eventID`.
-    pub event_id: String,
-    /// The record as the processor got it (Lambda's DynamoDB stream record JSON).
-    pub record: Value,
-    /// Why it was set aside.
-    pub reason: String,
-    /// How many times it was tried.
-    pub attempts: u32,
-}
-
-/// The stream's dead letters, oldest first.
-pub async fn dead_letters(db: &Arc<Db>) -> Result<Vec<StreamDeadLetter>, DbError> {
-    db.read(|conn| {
-        let mut statement = conn.prepare_cached(
-            "SELECT seq, event_id, record, reason, attempts FROM stream_dead_letters ORDER BY seq",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get::<_, String>(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })?;
-        let mut letters = Vec::new();
-        for row in rows {
-            let (seq, event_id, record, reason, attempts) = row?;
-            letters.push(StreamDeadLetter {
-                seq,
-                event_id,
-                record: serde_json::from_str(&record)?,
-                reason,
-                attempts,
-            });
-        }
-        Ok(letters)
-    })
-    .await
-}
-
 /// The processor's checkpoint: the sequence number of the last record it is done with.
 pub async fn checkpoint(db: &Arc<Db>) -> Result<i64, DbError> {
     read_checkpoint(db).await
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use serde_json::json;
-
-    /// The text built around the stored JSON is the DynamoDB Streams record a Lambda gets.
-    #[test]
-    fn a_stored_record_becomes_the_lambda_record_json() {
-        let record = StoredRecord {
-            seq: 42,
-            event_id: "e\"1".to_owned(),
-            event_name: "MODIFY".to_owned(),
-            keys: r#"{"name":{"S":"Dune"}}"#.to_owned(),
-            new_image: Some(r#"{"name":{"S":"Dune"},"publishedYear":{"N":"1965"}}"#.to_owned()),
-            old_image: Some(r#"{"name":{"S":"Dune"},"publishedYear":{"N":"1964"}}"#.to_owned()),
-            created_at_ms: 1_714_564_800_999,
-        };
-        let text = record.to_lambda_json().unwrap();
-        let value: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            value,
-            json!({
-                "eventID": "e\"1",
-                "eventName": "MODIFY",
-                "eventVersion": "1.1",
-                "eventSource": "aws:dynamodb",
-                "awsRegion": "local",
-                "eventSourceARN": STREAM_ARN,
-                "dynamodb": {
-                    "ApproximateCreationDateTime": 1_714_564_800,
-                    "Keys": {"name": {"S": "Dune"}},
-                    "NewImage": {"name": {"S": "Dune"}, "publishedYear": {"N": "1965"}},
-                    "OldImage": {"name": {"S": "Dune"}, "publishedYear": {"N": "1964"}},
-                    "SequenceNumber": "000000000000000000042",
-                    "SizeBytes": text_len(&record),
-                    "StreamViewType": "NEW_AND_OLD_IMAGES",
-                },
-            })
-        );
-        let event: Event = serde_json::from_str(&format!(r#"{{"Records":[{text}]}}"#)).unwrap();
-        assert_eq!(
-            event.records[0].change.sequence_number.as_deref(),
-            Some("000000000000000000042")
-        );
-
-        let removal = StoredRecord {
-            event_name: "REMOVE".to_owned(),
-            new_image: None,
-            ..record
-        };
-        let value: Value = serde_json::from_str(&removal.to_lambda_json().unwrap()).unwrap();
-        assert!(value["dynamodb"].get("NewImage").is_none());
-        assert_eq!(value["dynamodb"]["OldImage"]["publishedYear"]["N"], "1964");
-    }
-
-    fn text_len(record: &StoredRecord) -> usize {
-        record.keys.len()
-            + record.new_image.as_ref().map_or(0, String::len)
-            + record.old_image.as_ref().map_or(0, String::len)
-    }
 }

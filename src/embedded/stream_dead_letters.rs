@@ -1,0 +1,83 @@
+//! The `stream_dead_letters` table: stream records the processor kept failing, set aside (with
+//! the record as the processor got it) so the stream could go on.
+
+use api::{DeadLetter, DeadLetterSource};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DbError, timestamp};
+
+/// Version 1 of the table.
+pub(super) const DDL_V1: &str = "
+CREATE TABLE IF NOT EXISTS stream_dead_letters (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at TEXT NOT NULL
+);";
+
+/// Sets aside the record at `seq` (Lambda's stream record JSON), replacing an earlier dead
+/// letter of it.
+pub(crate) fn insert(
+    conn: &Connection,
+    seq: i64,
+    event_id: &str,
+    record: &str,
+    reason: &str,
+    attempts: u32,
+) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO stream_dead_letters (seq, event_id, record, reason, attempts, failed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![seq, event_id, record, reason, attempts, chrono::Utc::now().to_rfc3339()])?;
+    Ok(())
+}
+
+/// Up to `limit` of them, oldest first.
+pub(super) fn list(conn: &Connection, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, event_id, reason, attempts, failed_at, record FROM stream_dead_letters
+         ORDER BY failed_at, seq LIMIT ?1",
+    )?;
+    let rows = statement.query_map([limit], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get::<_, String>(4)?,
+            row.get(5)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, event_id, reason, attempts, failed_at, payload) = row?;
+        Ok(DeadLetter {
+            source: DeadLetterSource::Stream,
+            id,
+            target: None,
+            event_id: Some(event_id),
+            reason,
+            attempts,
+            failed_at: timestamp(&failed_at)?,
+            payload,
+        })
+    })
+    .collect()
+}
+
+/// The record at `seq`, as the processor got it, if it is a dead letter.
+pub(super) fn record(conn: &Connection, seq: i64) -> Result<Option<String>, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT record FROM stream_dead_letters WHERE seq = ?1")?
+        .query_row([seq], |row| row.get(0))
+        .optional()?)
+}
+
+/// Forgets the dead letter of the record at `seq`.
+pub(super) fn remove(conn: &Connection, seq: i64) -> Result<(), DbError> {
+    conn.prepare_cached("DELETE FROM stream_dead_letters WHERE seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}

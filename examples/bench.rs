@@ -79,10 +79,8 @@ async fn mapping() {
     let activity = Arc::new(outboxdemo::embedded::EmbeddedActivityStore::new(
         Arc::clone(&db),
     ));
-    let routes = consumers::ALL
-        .into_iter()
-        .map(|c| outboxdemo::bus::Route::consumer(c, activity.clone()))
-        .collect();
+    let activity: Arc<dyn consumers::ActivityStore> = activity;
+    let routes = outboxdemo::bus::Route::consumers(&activity);
     let bus = outboxdemo::bus::LocalBus::new(db, "bench", routes, Default::default());
     let mut samples = Vec::new();
     for round in 0..50 {
@@ -308,16 +306,7 @@ fn tail_activity(
                 .unwrap();
         let mut after = 0i64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT position, json_extract(book, '$.name') FROM activity WHERE position > ?1 ORDER BY position",
-                )
-                .unwrap();
-            let rows: Vec<(i64, String)> = statement
-                .query_map([after], |row| Ok((row.get(0)?, row.get(1)?)))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let rows = outboxdemo::embedded::activity::book_names_after(&conn, after).unwrap();
             let at = Instant::now();
             for (position, name) in rows {
                 after = position;

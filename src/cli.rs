@@ -1,6 +1,5 @@
 //! The `dead-letters` subcommands: what an operator does with what kept failing.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -8,47 +7,80 @@ use api::DeadLetterSource;
 
 use crate::bus::{DeliveryOptions, LocalBus, Route};
 use crate::embedded::{Db, EmbeddedActivityStore, EmbeddedDeadLetters};
+use crate::stack::DataDir;
 use crate::stream::{BatchHandler, Processor};
 
 /// A `dead-letters` subcommand.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum DeadLetterCommand {
-    /// Every dead letter, one JSON line each.
+    /// One line of JSON per dead letter, oldest first.
     List {
         /// The data directory.
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
     },
-    /// One dead letter in full.
+    /// One dead letter, in full (`stream <seq>` or `bus <id>`, as `list` names them).
     Show {
         /// The data directory.
-        data_dir: PathBuf,
-        /// `stream` or `bus`.
-        source: String,
-        /// Its id.
+        #[command(flatten)]
+        data: DataDir,
+        /// Where it was set aside.
+        source: Source,
+        /// The id `list` shows.
         id: i64,
     },
-    /// Send dead letters back (all of them without a source and id).
+    /// Send dead letters back: a stream record to the processor, a bus event to its target's
+    /// queue. With no source and id, every one of them.
     Redrive {
         /// The data directory.
-        data_dir: PathBuf,
-        /// `stream` or `bus`.
-        source: Option<String>,
-        /// Its id.
+        #[command(flatten)]
+        data: DataDir,
+        /// Where it was set aside.
+        source: Option<Source>,
+        /// The id `list` shows.
         id: Option<i64>,
     },
 }
 
-fn source(name: &str) -> anyhow::Result<DeadLetterSource> {
-    match name {
-        "stream" => Ok(DeadLetterSource::Stream),
-        "bus" => Ok(DeadLetterSource::Bus),
-        other => anyhow::bail!("unknown dead-letter source {other:?}: use `stream` or `bus`"),
+/// Where a dead letter was set aside, as the CLI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The stream reader's: a record the processor kept failing.
+    Stream,
+    /// The bus's: an event a consumer kept failing.
+    Bus,
+}
+
+impl Source {
+    /// Its name on the command line and in `list`'s lines.
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl From<DeadLetterSource> for Source {
+    fn from(source: DeadLetterSource) -> Self {
+        match source {
+            DeadLetterSource::Stream => Self::Stream,
+            DeadLetterSource::Bus => Self::Bus,
+        }
+    }
+}
+
+impl From<Source> for DeadLetterSource {
+    fn from(source: Source) -> Self {
+        match source {
+            Source::Stream => Self::Stream,
+            Source::Bus => Self::Bus,
+        }
     }
 }
 
 fn line(letter: &api::DeadLetter) -> serde_json::Value {
     serde_json::json!({
-        "source": if letter.source == DeadLetterSource::Stream { "stream" } else { "bus" },
+        "source": Source::from(letter.source).name(),
         "id": letter.id,
         "target": letter.target,
         "eventId": letter.event_id,
@@ -62,9 +94,9 @@ fn line(letter: &api::DeadLetter) -> serde_json::Value {
 /// running: the database takes both, and a running server picks redriven work up).
 pub async fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<()> {
     let data_dir = match &command {
-        DeadLetterCommand::List { data_dir }
-        | DeadLetterCommand::Show { data_dir, .. }
-        | DeadLetterCommand::Redrive { data_dir, .. } => data_dir.clone(),
+        DeadLetterCommand::List { data }
+        | DeadLetterCommand::Show { data, .. }
+        | DeadLetterCommand::Redrive { data, .. } => data.data_dir.clone(),
     };
     anyhow::ensure!(
         data_dir.join(crate::embedded::DB_FILE).exists(),
@@ -81,23 +113,19 @@ pub async fn dead_letters(command: DeadLetterCommand) -> anyhow::Result<()> {
             }
             eprintln!("{} dead letters", all.len());
         }
-        DeadLetterCommand::Show {
-            source: name, id, ..
-        } => {
-            let wanted = source(&name)?;
+        DeadLetterCommand::Show { source, id, .. } => {
+            let wanted = DeadLetterSource::from(source);
             let letter = all
                 .iter()
                 .find(|l| l.source == wanted && l.id == id)
-                .with_context(|| format!("no {name} dead letter {id}"))?;
+                .with_context(|| format!("no {} dead letter {id}", source.name()))?;
             let mut shown = line(letter);
             shown["payload"] = serde_json::from_str(&letter.payload).unwrap_or_default();
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
-        DeadLetterCommand::Redrive {
-            source: name, id, ..
-        } => {
-            let wanted = match (name, id) {
-                (Some(name), Some(id)) => Some((source(&name)?, id)),
+        DeadLetterCommand::Redrive { source, id, .. } => {
+            let wanted = match (source, id) {
+                (Some(source), Some(id)) => Some((DeadLetterSource::from(source), id)),
                 (None, None) => None,
                 _ => anyhow::bail!("name both a source and an id, or neither (to redrive all)"),
             };

@@ -12,14 +12,32 @@ use serde_json::Value;
 
 use crate::bus::{Delivery, DeliveryError, Route, Target};
 
-/// What to break, and how often.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What to break, and how often (the `--fault-…` flags).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct Faults {
-    /// The chance (0 to 1) that a publish fails from a random entry on.
+    /// Testing only: the chance (0-1) that a publish fails from a random entry on.
+    #[arg(
+        long = "fault-publish-rate",
+        value_name = "FAULT_PUBLISH_RATE",
+        env = "OUTBOXDEMO_FAULT_PUBLISH_RATE",
+        default_value_t = 0.0
+    )]
     pub publish_failure_rate: f64,
-    /// The chance (0 to 1) that a consumer delivery fails (retryably).
+    /// Testing only: the chance (0-1) that a consumer delivery fails (retryably).
+    #[arg(
+        long = "fault-delivery-rate",
+        value_name = "FAULT_DELIVERY_RATE",
+        env = "OUTBOXDEMO_FAULT_DELIVERY_RATE",
+        default_value_t = 0.0
+    )]
     pub delivery_failure_rate: f64,
-    /// Events about a book of this name fail every time, in the processor and the consumers.
+    /// Testing only: events about the book of this name always fail (a poison), in the
+    /// processor and the consumers.
+    #[arg(
+        long = "fault-poison",
+        value_name = "FAULT_POISON",
+        env = "OUTBOXDEMO_FAULT_POISON"
+    )]
     pub poison: Option<String>,
 }
 

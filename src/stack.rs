@@ -18,7 +18,7 @@ use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore, Emb
 use crate::faults::{Faults, FaultyPublisher, faulty_route};
 use crate::stream::{Processor, ReaderOptions, StreamReader};
 
-/// Where the local stack keeps its data.
+/// Where the local stack keeps its data: `--data-dir` or `--in-memory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
     /// A durable database in this directory.
@@ -27,24 +27,81 @@ pub enum Storage {
     InMemory,
 }
 
-/// Everything the local stack is configured with.
-#[derive(Debug, Clone)]
+/// The data directory of a durable store, as a command-line flag.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct DataDir {
+    /// Where the durable store keeps its data.
+    #[arg(long, env = "OUTBOXDEMO_DATA_DIR", default_value = ".outboxdemo")]
+    pub data_dir: PathBuf,
+}
+
+/// [`Storage`]'s flags (clap derives `Args` for structs only).
+#[derive(Debug, clap::Args)]
+struct StorageFlags {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Keep everything in memory instead (gone when the process stops).
+    #[arg(long, env = "OUTBOXDEMO_IN_MEMORY", conflicts_with = "data_dir")]
+    in_memory: bool,
+}
+
+impl clap::FromArgMatches for Storage {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let flags = StorageFlags::from_arg_matches(matches)?;
+        Ok(if flags.in_memory {
+            Self::InMemory
+        } else {
+            Self::Dir(flags.dir.data_dir)
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for Storage {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        StorageFlags::augment_args(command)
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        StorageFlags::augment_args_for_update(command)
+    }
+}
+
+/// How long a stop waits, by default, for the stream reader and the deliveries.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything the local stack is configured with. As command-line flags (each with its
+/// environment variable) where an operator may set it; the rest keep their defaults.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Where data lives.
+    #[command(flatten)]
     pub storage: Storage,
-    /// The event bus name (as `EVENT_BUS_NAME` on AWS).
+    /// The event bus name.
+    #[arg(long, env = "EVENT_BUS_NAME", default_value = domain::event::DEFAULT_EVENT_BUS_NAME)]
     pub event_bus_name: String,
     /// How the stream reader batches and retries.
+    #[arg(skip)]
     pub reader: ReaderOptions,
     /// How the bus retries deliveries.
+    #[arg(skip)]
     pub delivery: DeliveryOptions,
     /// How many events a subscriber may fall behind before its subscription is ended.
+    #[arg(skip = api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER)]
     pub subscriber_buffer: usize,
-    /// The API's limits, switches and credential.
+    /// The API's limits, switches and credential (their flags are declared in `main.rs` until
+    /// `ApiOptions` is `clap::Args`; then this is `#[command(flatten)]`).
+    #[arg(skip)]
     pub api: ApiOptions,
     /// Faults to inject (none by default).
+    #[command(flatten)]
     pub faults: Faults,
     /// How long a stop waits for the stream reader and the deliveries to finish what they hold.
+    #[arg(skip = SHUTDOWN_GRACE)]
     pub shutdown_grace: Duration,
 }
 
@@ -59,7 +116,7 @@ impl Settings {
             subscriber_buffer: api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER,
             api: ApiOptions::default(),
             faults: Faults::default(),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }

@@ -188,30 +188,9 @@ async fn killed_at_random_many_times_nothing_is_lost_doubled_or_reordered() {
     assert!(status.success(), "a clean stop exits 0: {status}");
     let stop_time = terminated.elapsed();
 
-    // Check the store itself.
-    let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
-    let (books, stream, activity, dead) = db
-        .read(|conn| {
-            let strings = |sql: &str| -> Result<Vec<(String, String, i64)>, outboxdemo::embedded::DbError> {
-                let mut statement = conn.prepare(sql)?;
-                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            };
-            let books = strings("SELECT name, name, 0 FROM books")?;
-            let stream = strings("SELECT event_id, event_name || ' ' || json_extract(keys, '$.name.S'), seq FROM stream ORDER BY seq")?;
-            let activity = strings("SELECT event_id, consumer, position FROM activity ORDER BY position")?;
-            let dead: i64 = conn.query_row(
-                "SELECT (SELECT count(*) FROM stream_dead_letters) + (SELECT count(*) FROM bus_dead_letters)",
-                [],
-                |row| row.get(0),
-            )?;
-            Ok((books, stream, activity, dead))
-        })
-        .await
-        .unwrap();
-
-    let stored: std::collections::HashSet<&str> =
-        books.iter().map(|(name, _, _)| name.as_str()).collect();
+    // Check the store itself, through its public interfaces.
+    let (books, stream, activity, dead) = read_store(dir.path()).await;
+    let stored: std::collections::HashSet<&str> = books.iter().map(String::as_str).collect();
     let acknowledged = acknowledged.lock().await;
     let lost: Vec<_> = acknowledged
         .iter()
@@ -278,4 +257,68 @@ async fn killed_at_random_many_times_nothing_is_lost_doubled_or_reordered() {
         *mutations.lock().await > kills as u64,
         "the traffic got through between kills"
     );
+}
+
+/// Everything the check needs: the books' names; the stream as (event id, "EVENT name", seq);
+/// the activity as (event id, consumer, position), oldest first; the number of dead letters.
+async fn read_store(
+    dir: &Path,
+) -> (
+    Vec<String>,
+    Vec<(String, String, i64)>,
+    Vec<(String, String, i64)>,
+    usize,
+) {
+    use api::{ActivityFeed, BookStore};
+    use outboxdemo::embedded::{Db, EmbeddedActivityStore, EmbeddedBookStore, EmbeddedDeadLetters};
+
+    let db = Db::open(dir).unwrap();
+    let store = EmbeddedBookStore::new(Arc::clone(&db));
+    let mut books = Vec::new();
+    loop {
+        let after = books
+            .last()
+            .map(|name: &String| domain::BookName::parse(name).unwrap());
+        let page = store.list(100, after.as_ref()).await.unwrap();
+        books.extend(page.items.iter().map(|b| b.name.as_str().to_owned()));
+        if !page.has_next_page {
+            break;
+        }
+    }
+    let stream = db
+        .read(|conn| outboxdemo::embedded::stream::after(conn, 0, usize::MAX))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| {
+            let keys: Value = serde_json::from_str(&record.keys).unwrap();
+            let what = format!(
+                "{} {}",
+                record.event_name,
+                keys["name"]["S"].as_str().unwrap()
+            );
+            (record.event_id, what, record.seq)
+        })
+        .collect();
+    let feed = EmbeddedActivityStore::new(Arc::clone(&db));
+    let mut activity = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = feed.list(100, after.as_deref()).await.unwrap();
+        after = page.items.last().map(|item| item.position.clone());
+        activity.extend(page.items.into_iter().map(|item| {
+            let position = item.position.parse().unwrap();
+            (item.entry.event_id, item.entry.consumer, position)
+        }));
+        if !page.has_next_page {
+            break;
+        }
+    }
+    activity.reverse();
+    let dead = EmbeddedDeadLetters::new(db)
+        .all(usize::MAX)
+        .await
+        .unwrap()
+        .len();
+    (books, stream, activity, dead)
 }

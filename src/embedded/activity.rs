@@ -22,6 +22,20 @@ CREATE TABLE IF NOT EXISTS activity (
     processed_at TEXT NOT NULL
 );";
 
+/// The books of the entries after `position`, oldest first, as (position, book name): for
+/// watching the table from a connection of one's own (the latency benchmark).
+pub fn book_names_after(
+    conn: &rusqlite::Connection,
+    position: i64,
+) -> Result<Vec<(i64, String)>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT position, json_extract(book, '$.name') FROM activity WHERE position > ?1
+         ORDER BY position",
+    )?;
+    let rows = statement.query_map([position], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The activity table: the consumers' conditional put ([`ActivityStore`]) and the API's
 /// newest-first feed ([`ActivityFeed`]).
 #[derive(Debug, Clone)]

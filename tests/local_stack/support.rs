@@ -1,6 +1,4 @@
-//! The one way end-to-end tests start the local stack: on port 0, over real HTTP.
-// Test helpers panic on anything unexpected: that is how a test fails.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The one way these tests start the local stack: on port 0, over real HTTP.
 
 use std::net::SocketAddr;
 use std::path::Path;

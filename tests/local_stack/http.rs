@@ -1,13 +1,9 @@
-//! The local stack end to end, over real HTTP: the API, the store, the stream, the processor,
-//! the bus and the consumers, as a user meets them.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
-mod common;
+//! The API, the store, the stream, the processor, the bus and the consumers, as a user meets
+//! them.
 
 use std::collections::HashSet;
 
-use common::{error_code, spawn_app};
+use crate::support::{error_code, quick_settings, spawn_app, spawn_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -281,8 +277,7 @@ async fn consumers_react_to_committed_changes_and_everything_survives_a_restart(
 
 #[tokio::test]
 async fn health_and_graphiql_are_served() {
-    let app =
-        common::spawn_with(common::quick_settings(outboxdemo::stack::Storage::InMemory)).await;
+    let app = spawn_with(quick_settings(outboxdemo::stack::Storage::InMemory)).await;
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(
@@ -308,8 +303,7 @@ async fn health_and_graphiql_are_served() {
 
 #[tokio::test]
 async fn graphql_over_http_status_codes_follow_the_spec() {
-    let app =
-        common::spawn_with(common::quick_settings(outboxdemo::stack::Storage::InMemory)).await;
+    let app = spawn_with(quick_settings(outboxdemo::stack::Storage::InMemory)).await;
 
     // GET is for queries: a mutation over GET is refused and changes nothing.
     let response = app
@@ -370,78 +364,4 @@ async fn graphql_over_http_status_codes_follow_the_spec() {
         .unwrap();
     assert_eq!(response.status(), 200);
     app.stop().await;
-}
-
-/// A data directory written before the schema had a version (`tests/fixtures/v0`, made by the
-/// code of that time) is upgraded in place: every book, activity entry and dead letter is still
-/// there, the events that were still queued are delivered, and the stream goes on from its
-/// checkpoint (nothing before it is read again: Hopeless, dead-lettered by the bus, and Poison,
-/// dead-lettered by the stream, get no activity).
-#[tokio::test]
-async fn a_data_directory_from_before_schema_versions_is_upgraded_in_place() {
-    use outboxdemo::embedded::{DB_FILE, Db, schema};
-
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/v0/",
-        "outboxdemo.sqlite3"
-    );
-    std::fs::copy(fixture, dir.path().join(DB_FILE)).unwrap();
-    let app = spawn_app(dir.path()).await;
-
-    let books = app
-        .data("{ books { edges { node { name } } } }", json!({}))
-        .await;
-    let names: Vec<&str> = books["books"]["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["node"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["Beloved", "Dune", "Hopeless", "Poison", "Ulysses"]);
-
-    app.add_book("Sentinel", &["After The Upgrade"], 2026).await;
-    let activity = app.wait_for_activity(6).await;
-    let mut seen: Vec<(&str, &str)> = activity
-        .iter()
-        .map(|e| {
-            (
-                e["bookName"].as_str().unwrap(),
-                e["eventType"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    seen.sort_unstable();
-    assert_eq!(
-        seen,
-        [
-            ("Beloved", "ADDED"),
-            ("Dune", "ADDED"),
-            ("Emma", "ADDED"),
-            ("Emma", "REMOVED"),
-            ("Sentinel", "ADDED"),
-            ("Ulysses", "ADDED"),
-        ],
-        "{activity:?}"
-    );
-    let letters = app
-        .data(
-            "{ deadLetters { source id target reason attempts } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        letters["deadLetters"],
-        json!([
-            {"source": "BUS", "id": "5", "target": "book-added", "reason": "injected fault", "attempts": 1},
-            {"source": "STREAM", "id": "7", "target": null, "reason": "the processor failed this record 1 times", "attempts": 1},
-        ])
-    );
-    app.stop().await;
-
-    let db = Db::open(dir.path()).unwrap();
-    assert_eq!(outboxdemo::bus::queued(&db).await.unwrap(), 0);
-    assert_eq!(db.read(schema::version).await.unwrap(), schema::CURRENT);
-    assert_eq!(outboxdemo::stream::checkpoint(&db).await.unwrap(), 8);
 }

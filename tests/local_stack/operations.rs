@@ -1,19 +1,15 @@
 //! What operators rely on: fault injection with nothing lost or doubled, dead letters that can
 //! be inspected and redriven, limits that answer with clear errors, and the optional credential.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{error_code, quick_settings, spawn_with};
+use crate::support::{TestApp, error_code, quick_settings, spawn_with};
 use outboxdemo::faults::Faults;
 use outboxdemo::stack::Storage;
 use serde_json::{Value, json};
 
-async fn dead_letters(app: &common::TestApp) -> Vec<Value> {
+async fn dead_letters(app: &TestApp) -> Vec<Value> {
     let data = app
         .data(
             "{ deadLetters(first: 100) { source id target eventId reason attempts } }",
@@ -129,7 +125,9 @@ async fn dead_letters_can_be_inspected_and_redriven_into_a_running_stack() {
     // The fault is fixed; with the stack running again, redrive everything.
     let app = spawn_with(quick_settings(Storage::Dir(dir.path().to_owned()))).await;
     outboxdemo::cli::dead_letters(outboxdemo::cli::DeadLetterCommand::Redrive {
-        data_dir: dir.path().to_owned(),
+        data: outboxdemo::stack::DataDir {
+            data_dir: dir.path().to_owned(),
+        },
         source: None,
         id: None,
     })

@@ -1,0 +1,13 @@
+//! The local stack end to end, started in this process on port 0 and driven over real HTTP.
+//!
+//! - `support`: [`support::spawn_app`] and the GraphQL helpers every test here uses.
+//! - `http`: the API as a user meets it, and what the consumers did, across a restart.
+//! - `operations`: what operators rely on: fault injection, dead letters, limits, the credential.
+//! - `upgrade`: a data directory of an older version, upgraded in place.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod http;
+mod operations;
+mod support;
+mod upgrade;

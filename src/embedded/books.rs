@@ -1,5 +1,5 @@
 //! The `books` table: [`EmbeddedBookStore`], whose every write commits the book and its record
-//! in the [`stream`](super::stream) table in one transaction.
+//! in the [`stream`] table in one transaction.
 
 use std::sync::Arc;
 

@@ -4,7 +4,8 @@
 use api::{DeadLetter, DeadLetterSource};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DbError, timestamp};
+use super::DbError;
+use super::dead_letters::listed;
 
 /// Version 1 of the table.
 pub(super) const DDL_V1: &str = "
@@ -48,31 +49,7 @@ pub(super) fn list(conn: &Connection, limit: i64) -> Result<Vec<DeadLetter>, DbE
                 failed_at, event
          FROM bus_dead_letters ORDER BY failed_at, id LIMIT ?1",
     )?;
-    let rows = statement.query_map([limit], |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get::<_, String>(5)?,
-            row.get(6)?,
-        ))
-    })?;
-    rows.map(|row| {
-        let (id, target, event_id, reason, attempts, failed_at, payload) = row?;
-        Ok(DeadLetter {
-            source: DeadLetterSource::Bus,
-            id,
-            target: Some(target),
-            event_id,
-            reason,
-            attempts,
-            failed_at: timestamp(&failed_at)?,
-            payload,
-        })
-    })
-    .collect()
+    listed(&mut statement, DeadLetterSource::Bus, limit)
 }
 
 /// Removes dead letter `id` and hands back its target and event, if there is one.

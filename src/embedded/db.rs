@@ -16,7 +16,7 @@ pub type WriteInFlight = std::pin::Pin<Box<dyn Future<Output = Result<(), DbErro
 
 /// The embedded database.
 ///
-/// Writes go to one writer thread that group-commits them (see [`super::group_commit`]): a
+/// Writes go to one writer thread that group-commits them (see the `group_commit` module): a
 /// caller hears `Ok` only once its write is durable, and writes apply in the order they were
 /// submitted. Reads use a small pool of read-only connections, so they never wait for a commit
 /// (on disk; in memory they share the one connection).

@@ -4,10 +4,44 @@
 
 use std::sync::Arc;
 
-use api::{DeadLetter, DeadLetterFeed, StoreError};
+use api::{DeadLetter, DeadLetterFeed, DeadLetterSource, StoreError};
 use async_trait::async_trait;
 
-use super::{Db, DbError, bus_dead_letters, bus_queue, stream_dead_letters};
+use super::{Db, DbError, bus_dead_letters, bus_queue, stream_dead_letters, timestamp};
+
+/// Runs a dead-letter table's listing, whose columns are, in order: id, target, event id,
+/// reason, attempts, failed at, payload; the one reading of a dead letter both tables share.
+pub(super) fn listed(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    source: DeadLetterSource,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, DbError> {
+    let rows = statement.query_map([limit], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get::<_, String>(5)?,
+            row.get(6)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, target, event_id, reason, attempts, failed_at, payload) = row?;
+        Ok(DeadLetter {
+            source,
+            id,
+            target,
+            event_id,
+            reason,
+            attempts,
+            failed_at: timestamp(&failed_at)?,
+            payload,
+        })
+    })
+    .collect()
+}
 
 /// The stream's and the bus's dead letters.
 #[derive(Debug, Clone)]

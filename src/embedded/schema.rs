@@ -1,6 +1,6 @@
 //! The schema's version and its forward migrations.
 //!
-//! `PRAGMA user_version` holds the version a database is at, and [`migrate`] brings it to
+//! `PRAGMA user_version` holds the version a database is at, and `migrate` brings it to
 //! [`CURRENT`] when the database is opened: one migration per version, each in a transaction of
 //! its own together with the version bump, so a crash leaves the database at one version or the
 //! next. Each table's module owns its DDL; a migration lists the statements, in order, that take

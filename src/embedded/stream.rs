@@ -1,5 +1,5 @@
 //! The `stream` table: the change stream of the books table, one row per committed change, in
-//! commit order. Rows are appended inside the write that makes the change (see [`append`]), so
+//! commit order. Rows are appended inside the write that makes the change (see `append`), so
 //! a change and its record commit together.
 
 use rusqlite::{Connection, params};

@@ -4,7 +4,8 @@
 use api::{DeadLetter, DeadLetterSource};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DbError, timestamp};
+use super::DbError;
+use super::dead_letters::listed;
 
 /// Version 1 of the table.
 pub(super) const DDL_V1: &str = "
@@ -38,33 +39,10 @@ pub(crate) fn insert(
 /// Up to `limit` of them, oldest first.
 pub(super) fn list(conn: &Connection, limit: i64) -> Result<Vec<DeadLetter>, DbError> {
     let mut statement = conn.prepare_cached(
-        "SELECT seq, event_id, reason, attempts, failed_at, record FROM stream_dead_letters
+        "SELECT seq, NULL, event_id, reason, attempts, failed_at, record FROM stream_dead_letters
          ORDER BY failed_at, seq LIMIT ?1",
     )?;
-    let rows = statement.query_map([limit], |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get::<_, String>(4)?,
-            row.get(5)?,
-        ))
-    })?;
-    rows.map(|row| {
-        let (id, event_id, reason, attempts, failed_at, payload) = row?;
-        Ok(DeadLetter {
-            source: DeadLetterSource::Stream,
-            id,
-            target: None,
-            event_id: Some(event_id),
-            reason,
-            attempts,
-            failed_at: timestamp(&failed_at)?,
-            payload,
-        })
-    })
-    .collect()
+    listed(&mut statement, DeadLetterSource::Stream, limit)
 }
 
 /// The record at `seq`, as the processor got it, if it is a dead letter.

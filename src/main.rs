@@ -2,10 +2,8 @@
 //! inspects and redrives dead letters (`dead-letters`).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use api::ApiOptions;
 use clap::{Args, Parser, Subcommand};
 use outboxdemo::stack::{self, Settings};
 use tokio::net::TcpListener;
@@ -49,55 +47,6 @@ struct ServeArgs {
     port: u16,
     #[command(flatten)]
     settings: Settings,
-    #[command(flatten)]
-    api: ApiFlags,
-}
-
-/// The API's flags. Once `api::ApiOptions` is `clap::Args`, this becomes
-/// `type ApiFlags = api::ApiOptions;` and `ApiArgs` goes.
-type ApiFlags = ApiArgs;
-
-#[derive(Debug, Args)]
-struct ApiArgs {
-    /// Seconds between keep-alive pings on idle subscription connections.
-    #[arg(long, env = "OUTBOXDEMO_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
-    keepalive_secs: u64,
-    /// Require `Authorization: Bearer <token>` for mutations and subscriptions.
-    #[arg(long, env = "OUTBOXDEMO_AUTH_TOKEN", hide_env_values = true)]
-    auth_token: Option<String>,
-    /// Do not answer introspection queries (for production).
-    #[arg(long, env = "OUTBOXDEMO_NO_INTROSPECTION")]
-    no_introspection: bool,
-    /// Do not serve GraphiQL (for production).
-    #[arg(long, env = "OUTBOXDEMO_NO_GRAPHIQL")]
-    no_graphiql: bool,
-    /// The deepest selection a document may have.
-    #[arg(long, env = "OUTBOXDEMO_MAX_DEPTH", default_value_t = 12)]
-    max_depth: usize,
-    /// The most a document may cost (a connection's page size multiplies its fields).
-    #[arg(long, env = "OUTBOXDEMO_MAX_COMPLEXITY", default_value_t = 2000)]
-    max_complexity: usize,
-    /// The largest request body, in bytes.
-    #[arg(long, env = "OUTBOXDEMO_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    max_body_bytes: usize,
-    /// The most subscriptions one WebSocket connection may hold.
-    #[arg(long, env = "OUTBOXDEMO_MAX_SUBSCRIPTIONS", default_value_t = 20)]
-    max_subscriptions: usize,
-}
-
-impl From<ApiArgs> for ApiOptions {
-    fn from(args: ApiArgs) -> Self {
-        Self {
-            keepalive: Duration::from_secs(args.keepalive_secs),
-            auth_token: args.auth_token,
-            introspection: !args.no_introspection,
-            graphiql: !args.no_graphiql,
-            max_depth: args.max_depth,
-            max_complexity: args.max_complexity,
-            max_body_bytes: args.max_body_bytes,
-            max_subscriptions_per_connection: args.max_subscriptions,
-        }
-    }
 }
 
 #[tokio::main]
@@ -126,9 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let address = listener.local_addr()?;
     tracing::info!("GraphiQL: http://{address}/  GraphQL: http://{address}/graphql");
-    let mut settings = args.settings;
-    settings.api = args.api.into();
-    stack::run(listener, settings, shutdown_signal()).await
+    stack::run(listener, args.settings, shutdown_signal()).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -93,9 +93,8 @@ pub struct Settings {
     /// How many events a subscriber may fall behind before its subscription is ended.
     #[arg(skip = api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER)]
     pub subscriber_buffer: usize,
-    /// The API's limits, switches and credential (their flags are declared in `main.rs` until
-    /// `ApiOptions` is `clap::Args`; then this is `#[command(flatten)]`).
-    #[arg(skip)]
+    /// The API's limits, switches and credential.
+    #[command(flatten)]
     pub api: ApiOptions,
     /// Faults to inject (none by default).
     #[command(flatten)]

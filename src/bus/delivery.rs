@@ -90,6 +90,11 @@ impl LocalBus {
                 () = shutdown.cancelled() => {}
             }
         }
+        // The last batch's dequeue commits anyway; waiting for it means that once the task has
+        // ended, its queue says what is left.
+        if let Err(error) = position.dequeued().await {
+            tracing::warn!(target_name = %route.name, %error, "last dequeue failed; those events are delivered again");
+        }
     }
 
     /// Delivers the head of `route`'s queue, up to [`DELIVERY_BATCH`] events in order, and

@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 20;
 /// It is also the API's command-line flags (`#[command(flatten)]` it into a binary's
 /// `clap::Parser`), each with its `OUTBOXDEMO_*` environment variable; the flags' defaults are
 /// [`ApiOptions::default`]'s.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApiOptions {
     /// How often idle subscription sockets are pinged.
     #[arg(
@@ -94,9 +94,15 @@ pub struct ApiOptions {
         long = "auth-token",
         env = "OUTBOXDEMO_AUTH_TOKEN",
         hide_env_values = true,
-        help = "Require `Authorization: Bearer <token>` for mutations and subscriptions"
+        help = "Require `Authorization: Bearer <token>` for mutations and subscriptions",
+        value_parser = secret
     )]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<SecretString>,
+}
+
+/// A secret flag's value, kept out of `Debug` output and logs.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// A `--no-<switch>` flag sets its switch off: the flag's value (its presence, or its
@@ -117,27 +123,6 @@ impl Default for ApiOptions {
             graphiql: true,
             auth_token: None,
         }
-    }
-}
-
-impl std::fmt::Debug for ApiOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiOptions")
-            .field("keepalive", &self.keepalive)
-            .field("max_depth", &self.max_depth)
-            .field("max_complexity", &self.max_complexity)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field(
-                "max_subscriptions_per_connection",
-                &self.max_subscriptions_per_connection,
-            )
-            .field("introspection", &self.introspection)
-            .field("graphiql", &self.graphiql)
-            .field(
-                "auth_token",
-                &self.auth_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
     }
 }
 
@@ -237,7 +222,11 @@ mod tests {
         assert_eq!(options.keepalive, Duration::from_secs(3));
         assert!(!options.introspection && !options.graphiql);
         assert_eq!(options.max_subscriptions_per_connection, 2);
-        assert_eq!(options.auth_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            options.auth_token.as_ref().map(ExposeSecret::expose_secret),
+            Some("s3cret")
+        );
+        assert!(!format!("{options:?}").contains("s3cret"), "{options:?}");
         let refused = ApiOptions::augment_args(clap::Command::new("api"))
             .try_get_matches_from(["api", "--keepalive-secs=0"]);
         assert!(refused.is_err(), "a keep-alive needs at least a second");

@@ -9,7 +9,6 @@ use async_graphql::{
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{Authors, Book, BookName, PublishedYear};
-use secrecy::SecretString;
 
 use crate::error::{ApiError, ErrorCodes};
 use crate::introspection::SchemaDescription;
@@ -60,9 +59,7 @@ pub fn build_schema_with(
         .data(books)
         .data(activity)
         .data(events)
-        .data(RequiredToken(
-            options.auth_token.as_deref().map(SecretString::from),
-        ));
+        .data(RequiredToken(options.auth_token.clone()));
     if let Some(dead_letters) = dead_letters {
         builder = builder.data(dead_letters);
     }

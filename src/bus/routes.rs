@@ -7,7 +7,7 @@ use std::sync::Arc;
 use api::{BookEvent, EventHub};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use consumers::{ActivityStore, Consumer, ConsumerError};
-use domain::event::{DetailType, Envelope};
+use domain::event::DetailType;
 use serde_json::Value;
 
 /// A delivery that has taken its first step (see [`Target::deliver`]); it resolves once the
@@ -122,12 +122,9 @@ impl SubscriptionTarget {
 
 impl Target for SubscriptionTarget {
     fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<Delivery, DeliveryError> {
-        let detail_type = DetailType::parse(&event.detail_type).ok_or_else(|| {
-            DeliveryError::permanent(format!("unknown detail type {:?}", event.detail_type))
-        })?;
-        let envelope = Envelope::from_detail(event.detail)
+        let event = BookEvent::from_eventbridge(event)
             .map_err(|e| DeliveryError::permanent(e.to_string()))?;
-        self.hub.publish(BookEvent::new(detail_type, envelope));
+        self.hub.publish(event);
         Ok(Box::pin(std::future::ready(Ok(()))))
     }
 }

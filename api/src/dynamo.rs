@@ -45,12 +45,7 @@ async fn page_of<E: std::error::Error>(
     {
         found.push(item);
     }
-    let has_next_page = found.len() > first;
-    found.truncate(first);
-    Ok(Page {
-        items: found,
-        has_next_page,
-    })
+    Ok(Page::of_one_more(found, first))
 }
 
 /// The books table on DynamoDB. Writes are conditional, so a conflict or an absent book

@@ -12,6 +12,19 @@ pub struct Page<T> {
     pub has_next_page: bool,
 }
 
+impl<T> Page<T> {
+    /// The page of `first` items out of a read of up to `first + 1`: the one more tells
+    /// whether items follow, without counting the rest.
+    pub fn of_one_more(mut items: Vec<T>, first: usize) -> Self {
+        let has_next_page = items.len() > first;
+        items.truncate(first);
+        Self {
+            items,
+            has_next_page,
+        }
+    }
+}
+
 /// The books table.
 #[async_trait]
 pub trait BookStore: Send + Sync {

@@ -131,12 +131,7 @@ impl ActivityFeed for EmbeddedActivityStore {
                         },
                     });
                 }
-                let has_next_page = items.len() > first;
-                items.truncate(first);
-                Ok(Page {
-                    items,
-                    has_next_page,
-                })
+                Ok(Page::of_one_more(items, first))
             })
             .await
             .map_err(StoreError::unavailable)

@@ -142,15 +142,10 @@ impl BookStore for EmbeddedBookStore {
                 let rows = statement.query_map(params![after, first as i64 + 1], |row| {
                     row.get::<_, String>(0)
                 })?;
-                let mut items = rows
+                let items = rows
                     .map(|json| book_from_json(&json?))
                     .collect::<Result<Vec<_>, _>>()?;
-                let has_next_page = items.len() > first;
-                items.truncate(first);
-                Ok(Page {
-                    items,
-                    has_next_page,
-                })
+                Ok(Page::of_one_more(items, first))
             })
             .await
             .map_err(StoreError::unavailable)

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::error::DisplayErrorContext;
-use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use aws_sdk_eventbridge::types::{PutEventsRequestEntry, PutEventsResultEntry};
 
 use crate::mapping::OutboxEvent;
 use crate::publisher::{EventPublisher, PublishError};
@@ -15,8 +15,14 @@ pub const MAX_ENTRIES_PER_CALL: usize = 10;
 /// The largest `PutEvents` request, by EventBridge's reckoning of entry sizes.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
-/// Publishes to an EventBridge bus: in order, in calls of at most ten entries and 256 KiB,
-/// checking every entry's result and retrying the failed ones with backoff and jitter.
+/// Publishes to an EventBridge bus: call after call in the events' order, each of at most ten
+/// entries and 256 KiB, checking every entry's result and retrying the refused ones with
+/// backoff and jitter.
+///
+/// Order within a call is not kept when an entry is refused: EventBridge ingests a call's
+/// entries independently, so a retried entry lands after the later entries of its call that
+/// were accepted the first time. (EventBridge does not promise delivery order in any case;
+/// consumers dedupe on `metadata.eventId` and must not rely on the order of events.)
 #[derive(Debug, Clone)]
 pub struct EventBridgePublisher {
     client: Client,
@@ -85,20 +91,7 @@ impl EventBridgePublisher {
                 .send()
                 .await
             {
-                // Results come back in request order, one per entry.
-                Ok(output) => output
-                    .entries()
-                    .iter()
-                    .zip(&indexes)
-                    .filter_map(|(result, index)| {
-                        result.error_code().map(|code| {
-                            (
-                                *index,
-                                format!("{code}: {}", result.error_message().unwrap_or_default()),
-                            )
-                        })
-                    })
-                    .collect(),
+                Ok(output) => refused(output.entries(), &indexes),
                 Err(error) => {
                     let reason = DisplayErrorContext(error).to_string();
                     indexes
@@ -168,6 +161,35 @@ pub fn entry_size(entry: &PutEventsRequestEntry) -> usize {
         + entry.resources().iter().map(String::len).sum::<usize>()
 }
 
+/// The entries of a call that are not on the bus, as `(index in chunk, reason)`, from the
+/// call's results: `indexes[i]` is the chunk index of the call's entry `i`.
+///
+/// Amazon EventBridge API Reference, PutEvents: the response's `Entries` holds one result per
+/// request entry, "the index of the response element is the same as the index in the request
+/// array", and an entry that was not ingested carries an `ErrorCode`. An entry with no result
+/// at all (a response shorter than the request) is not known to be on the bus, so it counts as
+/// refused rather than as published.
+fn refused(results: &[PutEventsResultEntry], indexes: &[usize]) -> Vec<(usize, String)> {
+    indexes
+        .iter()
+        .enumerate()
+        .filter_map(|(position, index)| match results.get(position) {
+            Some(result) => result.error_code().map(|code| {
+                let message = result.error_message().unwrap_or_default();
+                (*index, format!("{code}: {message}"))
+            }),
+            None => Some((
+                *index,
+                format!(
+                    "PutEvents answered {} results for {} entries; this one has none",
+                    results.len(),
+                    indexes.len()
+                ),
+            )),
+        })
+        .collect()
+}
+
 /// Splits entries, in order, into calls of at most [`MAX_ENTRIES_PER_CALL`] entries and
 /// [`MAX_REQUEST_BYTES`]. (An entry too big on its own goes alone, and EventBridge refuses it.)
 pub fn chunks(entries: Vec<PutEventsRequestEntry>) -> Vec<Vec<PutEventsRequestEntry>> {
@@ -214,6 +236,21 @@ mod tests {
             .map(|e| e.detail().unwrap().len())
             .collect();
         assert_eq!(flattened, (0..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_entry_without_a_result_is_refused_not_published() {
+        let ok = PutEventsResultEntry::builder().event_id("e").build();
+        let throttled = PutEventsResultEntry::builder()
+            .error_code("ThrottlingException")
+            .error_message("slow down")
+            .build();
+        // Results for the entries at chunk indexes 4, 7 and 9 (a retry of three of them).
+        let all = refused(&[ok.clone(), throttled.clone(), ok.clone()], &[4, 7, 9]);
+        assert_eq!(all, [(7, "ThrottlingException: slow down".to_owned())]);
+        let short = refused(&[ok], &[4, 7, 9]);
+        assert_eq!(short.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 9]);
+        assert!(short[0].1.contains("1 results for 3 entries"), "{short:?}");
     }
 
     #[test]

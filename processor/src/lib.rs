@@ -27,9 +27,10 @@ pub use publisher::{EventPublisher, PublishError};
 /// Records are mapped in order up to the first one that cannot be mapped; that prefix is
 /// published. The response names the first record that was not published (unmappable, or
 /// refused by the publisher), so the stream retries from there and nothing after it is
-/// skipped or reordered. Records before it that were published are not reported and not
-/// retried. An event that goes out twice (a retry after a partial publish) carries the same
-/// `metadata.eventId`, on which consumers dedupe.
+/// skipped. Records before it that were published are not reported and not retried. Records
+/// after it may already be on the bus (the publisher accepted them beside the refused one):
+/// they go out again with the same `metadata.eventId`, on which consumers dedupe, and they can
+/// reach the bus before the record the stream retries, so the bus sees them out of order.
 pub async fn handle_batch(event: Event, publisher: &dyn EventPublisher) -> DynamoDbEventResponse {
     let records = event.records;
     let mut events = Vec::with_capacity(records.len());

@@ -4,11 +4,13 @@ use async_trait::async_trait;
 
 use crate::mapping::OutboxEvent;
 
-/// Publishes events to an event bus, in order.
+/// Publishes events to an event bus, offered in stream order.
 #[async_trait]
 pub trait EventPublisher: Send + Sync {
     /// Publishes `events`. On failure, names the first event that may not have been
-    /// published; every event before it was.
+    /// published; every event before it was. Events after it may have been published too (a
+    /// bus that ingests a call's entries independently accepts later ones beside a refused
+    /// one): they will go out again, with the same `metadata.eventId`.
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError>;
 }
 

@@ -1,0 +1,18 @@
+//! The AWS deployment of outboxdemo rehearsed on one machine, with no AWS account and no
+//! Docker: moto server holds the data services (DynamoDB and its stream, EventBridge, SQS), the
+//! six Lambda bootstraps run as real processes under a Lambda Runtime API, and what AWS does
+//! between them — the event source mapping, EventBridge's asynchronous invocation of its
+//! targets, the HTTP and WebSocket APIs — is emulated here as AWS's documentation describes it,
+//! with every setting read from `template.yaml`.
+//!
+//! - [`template`]: `template.yaml` and its intrinsics, resolved against what was created.
+//! - [`lambda`]: a function as a pool of execution environments (processes) under a Runtime
+//!   API: one invocation each at a time, timeouts, crashes and cold starts as on Lambda.
+
+pub mod lambda;
+pub mod template;
+pub mod async_invoke;
+pub mod http_api;
+pub mod resources;
+pub mod stream_mapping;
+pub mod websocket_api;

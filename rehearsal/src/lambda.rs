@@ -233,7 +233,10 @@ impl Environment {
             jobs: tokio::sync::Mutex::new(receiver),
             waiting: Mutex::new(HashMap::new()),
             init_error: Mutex::new(None),
-            function_arn: format!("arn:aws:lambda:us-east-1:123456789012:function:{}", spec.name),
+            function_arn: format!(
+                "arn:aws:lambda:us-east-1:123456789012:function:{}",
+                spec.name
+            ),
             timeout: spec.timeout,
         });
         let app = Router::new()
@@ -242,7 +245,10 @@ impl Environment {
                 "/2018-06-01/runtime/invocation/{id}/response",
                 post(response),
             )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(invocation_error))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(invocation_error),
+            )
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(Arc::clone(&api));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -256,9 +262,15 @@ impl Environment {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                spec.memory_mb.to_string(),
+            )
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name))
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", spec.name),
+            )
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "rehearsal")
             .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
             .env("_HANDLER", "bootstrap")
@@ -277,8 +289,14 @@ impl Environment {
             .with_context(|| format!("cannot open {}", spec.log_file.display()))?;
         let log = Arc::new(tokio::sync::Mutex::new(log));
         let outputs = [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ];
         for output in outputs.into_iter().flatten() {
             let log = Arc::clone(&log);
@@ -344,8 +362,8 @@ impl Environment {
                 Ok(invocation) => invocation,
                 Err(_) => error("Runtime.ExitError", &format!("RequestId: {id} Error: Runtime exited")),
             },
-            status = exited.wait_for(Option::is_some) => {
-                let status = status.map(|s| s.clone().unwrap_or_default()).unwrap_or_default();
+            status = async { exited.wait_for(Option::is_some).await.map(|s| s.clone()) } => {
+                let status = status.ok().flatten().unwrap_or_default();
                 match lock(&self.api.init_error).take() {
                     Some(init) => Invocation::FunctionError(json!({
                         "errorType": "Runtime.InitError",
@@ -394,7 +412,10 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
     for (name, value) in [
         ("lambda-runtime-aws-request-id", id),
         ("lambda-runtime-deadline-ms", deadline.to_string()),
-        ("lambda-runtime-invoked-function-arn", api.function_arn.clone()),
+        (
+            "lambda-runtime-invoked-function-arn",
+            api.function_arn.clone(),
+        ),
         ("lambda-runtime-trace-id", trace),
     ] {
         if let Ok(value) = value.parse() {

@@ -9,10 +9,10 @@
 //! - [`lambda`]: a function as a pool of execution environments (processes) under a Runtime
 //!   API: one invocation each at a time, timeouts, crashes and cold starts as on Lambda.
 
-pub mod lambda;
-pub mod template;
 pub mod async_invoke;
 pub mod http_api;
+pub mod lambda;
 pub mod resources;
 pub mod stream_mapping;
+pub mod template;
 pub mod websocket_api;

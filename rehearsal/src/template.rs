@@ -122,7 +122,11 @@ impl Template {
     pub fn parameters(&self) -> Vec<String> {
         self.root["Parameters"]
             .as_mapping()
-            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -289,7 +293,9 @@ mod tests {
 
     #[test]
     fn intrinsics_resolve_as_cloudformation_does() -> anyhow::Result<()> {
-        let template = Template { root: serde_yaml::Value::Null };
+        let template = Template {
+            root: serde_yaml::Value::Null,
+        };
         let value = yaml(
             "a: !Ref Bus\nb: !GetAtt Q.Arn\nc: !Sub \"${AWS::StackName}-x-${Bus}-${Q.Arn}\"\n\
              d: !If [On, 1, !Ref AWS::NoValue]\ne: {\"Fn::GetAtt\": [Q, Arn]}\nf: !Sub \"${!Literal}\"",
@@ -304,7 +310,9 @@ mod tests {
 
     #[test]
     fn an_unknown_reference_is_an_error() {
-        let template = Template { root: serde_yaml::Value::Null };
+        let template = Template {
+            root: serde_yaml::Value::Null,
+        };
         assert!(template.resolve(&yaml("a: !Ref Nope"), &names()).is_err());
     }
 }

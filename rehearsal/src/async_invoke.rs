@@ -699,6 +699,7 @@ const STOPPED: &str = "Rehearsal.Stopped";
 async fn invoke(shared: &Shared, event: &Value) -> Invoked {
     let config = &shared.target.invoke_config;
     let settings = &shared.settings;
+    // Its age counts from when Lambda's queue accepted it (the delivery above).
     let queued = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut invocations = 0;

@@ -560,6 +560,32 @@ async fn throttled_invocations_are_retried_without_counting_as_attempts() -> any
 }
 
 #[tokio::test]
+async fn an_event_throttled_past_its_maximum_age_is_recorded_without_a_response()
+-> anyhow::Result<()> {
+    let endpoint = endpoint!();
+    let fixture = Fixture::new(&endpoint).await?;
+    let function = Scripted::new(handled);
+    let mut target = fixture.target.clone();
+    target.invoke_config.maximum_event_age = Duration::from_millis(300);
+    let invoker = fixture.start_target(target, Arc::clone(&function), fast());
+    invoker.throttle(Duration::from_secs(600));
+    fixture.publish(&["Dune"]).await?;
+    settled(&invoker).await?;
+
+    assert!(function.calls().is_empty());
+    let letters = fixture.dead_letters().await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let record = &letters[0].0;
+    assert_eq!(record["requestContext"]["condition"], "EventAgeExceeded");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 0);
+    assert_eq!(name(&record["requestPayload"]), "Dune");
+    // Nothing ran, so there is no response to report.
+    assert!(record.get("responseContext").is_none(), "{record}");
+    assert!(record.get("responsePayload").is_none(), "{record}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn concurrent_events_run_in_parallel_and_each_is_handled_at_least_once() -> anyhow::Result<()>
 {
     let endpoint = endpoint!();

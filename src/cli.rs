@@ -174,8 +174,19 @@ async fn redrive(
                 DeliveryOptions::default(),
             ));
             let event = serde_json::from_value(serde_json::json!({"Records": [record]}))?;
-            let response = Processor(bus).handle(event).await;
-            if response.batch_item_failures.is_empty() {
+            let again = Arc::new(SetAsideAgain::default());
+            let processor = Processor {
+                publisher: bus,
+                poison: again.clone(),
+            };
+            let response = processor.handle(event).await;
+            if let Some(reason) = again.reason() {
+                eprintln!(
+                    "stream record {} still cannot be mapped ({reason}); it stays a dead letter",
+                    letter.id
+                );
+                Ok(false)
+            } else if response.batch_item_failures.is_empty() {
                 letters.remove_stream(letter.id).await?;
                 Ok(true)
             } else {
@@ -186,5 +197,30 @@ async fn redrive(
                 Ok(false)
             }
         }
+    }
+}
+
+/// The poison records of a redrive: a record that still cannot be mapped stays the dead letter
+/// it is (setting it aside again would replace it, and the redrive would then remove it).
+#[derive(Debug, Default)]
+struct SetAsideAgain(std::sync::Mutex<Option<String>>);
+
+impl SetAsideAgain {
+    fn reason(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|reason| reason.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl processor::PoisonRecords for SetAsideAgain {
+    async fn set_aside(
+        &self,
+        _record: &aws_lambda_events::dynamodb::EventRecord,
+        reason: &str,
+    ) -> Result<(), processor::SetAsideError> {
+        if let Ok(mut kept) = self.0.lock() {
+            *kept = Some(reason.to_owned());
+        }
+        Ok(())
     }
 }

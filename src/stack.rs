@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{DeliveryOptions, LocalBus, Route, SubscriptionTarget};
 use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore, EmbeddedDeadLetters};
-use crate::faults::{Faults, FaultyPublisher, faulty_route};
-use crate::stream::{Processor, ReaderOptions, StreamReader};
+use crate::faults::{Faults, FaultyPublisher, PoisonedRecords, faulty_route};
+use crate::stream::{BatchHandler, Processor, ReaderOptions, StreamDeadLetters, StreamReader};
 
 /// Where the local stack keeps its data: `--data-dir` or `--in-memory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,11 +168,16 @@ pub async fn run(
     } else {
         bus
     };
-    let reader = StreamReader::new(
-        Arc::clone(&db),
-        Processor(publisher),
-        settings.reader.clone(),
-    );
+    let processor = Processor {
+        publisher,
+        poison: Arc::new(StreamDeadLetters(Arc::clone(&db))),
+    };
+    let handler: Arc<dyn BatchHandler> = if faults.poison.is_some() {
+        Arc::new(PoisonedRecords::new(processor, faults.clone()))
+    } else {
+        Arc::new(processor)
+    };
+    let reader = StreamReader::new(Arc::clone(&db), handler, settings.reader.clone());
     tasks.spawn(reader.run(stop.clone()));
 
     let dead_letters: Arc<dyn api::DeadLetterFeed> =

@@ -32,7 +32,9 @@ fn book(name: &str) -> Book {
 fn reader_options() -> ReaderOptions {
     ReaderOptions {
         batch_size: 3,
-        max_attempts: 3,
+        // Short, so a record that keeps failing outlives it within the test; long enough that
+        // one failing twice (backoff 2 + 4 ms) does not.
+        max_record_age: Duration::from_millis(400),
         first_backoff: Duration::from_millis(2),
         max_backoff: Duration::from_millis(10),
     }
@@ -225,7 +227,8 @@ async fn a_failed_record_is_retried_from_where_it_failed_and_nothing_is_handled_
 }
 
 #[tokio::test]
-async fn a_poison_record_is_dead_lettered_after_bounded_tries_and_the_stream_goes_on() {
+async fn a_record_that_keeps_failing_is_retried_until_older_than_the_retention_then_dead_lettered_and_the_stream_goes_on()
+ {
     let db = Db::in_memory().unwrap();
     let store = EmbeddedBookStore::new(Arc::clone(&db));
     for name in ["A", "Poison", "C"] {
@@ -244,11 +247,98 @@ async fn a_poison_record_is_dead_lettered_after_bounded_tries_and_the_stream_goe
     assert_eq!(letters.len(), 1);
     let (letter, record) = &letters[0];
     assert_eq!(letter.source, api::DeadLetterSource::Stream);
-    assert_eq!(letter.attempts, 3);
+    assert!(
+        letter.attempts >= 3,
+        "retried all the while: {}",
+        letter.attempts
+    );
+    assert!(
+        letter
+            .reason
+            .contains("older than the stream keeps records"),
+        "{}",
+        letter.reason
+    );
     assert_eq!(record["dynamodb"]["Keys"]["name"]["S"], "Poison");
     assert_eq!(record["eventName"], "INSERT");
     // 1 call that handled A then failed, 2 more failing tries, then C and D.
     assert!(*handler.calls.lock().unwrap() >= 4);
+}
+
+/// Records what it is asked to publish.
+#[derive(Default)]
+struct RecordingPublisher(Mutex<Vec<OutboxEvent>>);
+
+#[async_trait]
+impl EventPublisher for RecordingPublisher {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), processor::PublishError> {
+        self.0.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_record_the_processor_can_never_map_is_set_aside_whole_at_once_and_the_batch_flows_on() {
+    let db = Db::in_memory().unwrap();
+    let store = EmbeddedBookStore::new(Arc::clone(&db));
+    for name in ["A", "Poison", "C"] {
+        store.add(&book(name)).await.unwrap();
+    }
+    let publisher = Arc::new(RecordingPublisher::default());
+    let processor = stream::Processor {
+        publisher: publisher.clone(),
+        poison: Arc::new(stream::StreamDeadLetters(Arc::clone(&db))),
+    };
+    let faults = outboxdemo::faults::Faults {
+        poison: Some("Poison".into()),
+        ..Default::default()
+    };
+    let handler = outboxdemo::faults::PoisonedRecords::new(processor, faults);
+    let stop = CancellationToken::new();
+    let reader = StreamReader::new(Arc::clone(&db), handler, reader_options());
+    let task = tokio::spawn(reader.run(stop.clone()));
+    eventually(|| publisher.0.lock().unwrap().len() == 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stream::checkpoint(&db).await.unwrap() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint did not pass the batch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+
+    let published: Vec<_> = publisher
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.envelope.data.name.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        published,
+        ["A", "C"],
+        "one call, no retry, nothing after it held back"
+    );
+    let letters = dead_letters(&db).await;
+    assert_eq!(letters.len(), 1);
+    let (letter, record) = &letters[0];
+    assert_eq!(letter.source, api::DeadLetterSource::Stream);
+    assert_eq!(
+        letter.attempts, 1,
+        "set aside at once: a retry cannot map it"
+    );
+    assert!(
+        letter.reason.contains("not a valid book") || letter.reason.contains("NewImage"),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(record["eventName"], "INSERT");
+    assert_eq!(
+        record["dynamodb"]["SequenceNumber"],
+        "000000000000000000002"
+    );
 }
 
 /// A bus target that records what it got and fails on cue.

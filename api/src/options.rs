@@ -98,6 +98,10 @@ pub struct ApiOptions {
         value_parser = secret
     )]
     pub auth_token: Option<SecretString>,
+    /// Where GraphiQL opens subscriptions, when not at this server's `/graphql/ws`: on AWS, the
+    /// WebSocket API's URL (an HTTP API cannot upgrade to a WebSocket).
+    #[arg(skip)]
+    pub graphiql_subscriptions_url: Option<String>,
 }
 
 /// A secret flag's value, kept out of `Debug` output and logs.
@@ -122,6 +126,7 @@ impl Default for ApiOptions {
             introspection: true,
             graphiql: true,
             auth_token: None,
+            graphiql_subscriptions_url: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::ApiError;
 use crate::options::Authenticated;
-use crate::types::{BookEventNode, BookEventType, BookNode};
+use crate::types::{BookEventNode, BookEventType, ChangedBookNode};
 
 pub use crate::events::{BookEvent, DEFAULT_SUBSCRIBER_BUFFER, EventHub};
 
@@ -56,21 +56,24 @@ impl SubscriptionRoot {
         Ok(events_of(hub(ctx)?, types).map(|item| item.map(BookEventNode)))
     }
 
-    /// Books as they are added.
+    /// Books as they are added, each with its event's id (to drop a redelivered one).
     #[graphql(guard = "Authenticated")]
     async fn book_added(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BookNode>> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
+    {
         Ok(books_from_events(hub(ctx)?, DetailType::Added))
     }
 
-    /// Books as they are removed (removals that carried only the name are in `bookEvents`).
+    /// Books as they are removed, each with its event's id (removals that carried only the
+    /// name are in `bookEvents`).
     #[graphql(guard = "Authenticated")]
     async fn book_removed(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BookNode>> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
+    {
         Ok(books_from_events(hub(ctx)?, DetailType::Removed))
     }
 }
@@ -78,10 +81,13 @@ impl SubscriptionRoot {
 fn books_from_events(
     hub: &EventHub,
     detail_type: DetailType,
-) -> impl Stream<Item = async_graphql::Result<BookNode>> + Send + 'static + use<> {
+) -> impl Stream<Item = async_graphql::Result<ChangedBookNode>> + Send + 'static + use<> {
     events_of(hub, vec![detail_type]).filter_map(|item| {
         std::future::ready(match item {
-            Ok(event) => event.book.to_book().map(|book| Ok(BookNode(book))),
+            Ok(event) => event
+                .book
+                .to_book()
+                .map(|book| Ok(ChangedBookNode { book, event })),
             Err(error) => Some(Err(error)),
         })
     })

@@ -32,6 +32,42 @@ impl BookNode {
     }
 }
 
+/// A book as an event reports it: the book's fields, and the event's id and time.
+pub(crate) struct ChangedBookNode {
+    pub(crate) book: Book,
+    pub(crate) event: Arc<BookEvent>,
+}
+
+#[Object(name = "ChangedBook")]
+impl ChangedBookNode {
+    /// The event's `metadata.eventId`, the same on every redelivery: a client that sees an id
+    /// twice (a retried stream batch or notifier invocation sends some events again) drops the
+    /// second.
+    async fn event_id(&self) -> ID {
+        ID(self.event.event_id.clone())
+    }
+
+    /// When the change was committed.
+    async fn occurred_at(&self) -> DateTime<Utc> {
+        self.event.occurred_at
+    }
+
+    /// The book's name, unique in the catalogue.
+    async fn name(&self) -> &str {
+        self.book.name.as_str()
+    }
+
+    /// The authors, in the order they were given.
+    async fn authors(&self) -> Vec<&str> {
+        self.book.authors.names().collect()
+    }
+
+    /// The year the book was first published (negative for BCE).
+    async fn published_year(&self) -> i32 {
+        self.book.published_year.get()
+    }
+}
+
 /// The kind of change an event reports.
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum BookEventType {

@@ -379,7 +379,7 @@ async fn a_mutation_reaches_a_websocket_subscriber_through_stream_processor_bus_
         .unwrap();
     let publisher = processor::EventBridgePublisher::new(bus.events.clone(), &bus.name);
     let event = serde_json::from_value(testing::streams::lambda_event(records)).unwrap();
-    let response = processor::handle_batch(event, &publisher).await;
+    let response = processor::handle_batch(event, &publisher, &NoPoison).await;
     assert!(response.batch_item_failures.is_empty());
     let delivered = bus.delivered("NotifierRule").await.unwrap();
     assert_eq!(delivered.len(), 1);
@@ -399,4 +399,18 @@ async fn a_mutation_reaches_a_websocket_subscriber_through_stream_processor_bus_
         f.recorder.messages("w1").last().unwrap(),
         &json!({"type": "next", "id": "live", "payload": {"data": {"bookEvents": {"type": "ADDED", "bookName": "Dune"}}}})
     );
+}
+
+/// A poison queue for batches in which every record maps.
+struct NoPoison;
+
+#[async_trait::async_trait]
+impl processor::PoisonRecords for NoPoison {
+    async fn set_aside(
+        &self,
+        record: &aws_lambda_events::dynamodb::EventRecord,
+        reason: &str,
+    ) -> Result<(), processor::SetAsideError> {
+        panic!("{} set aside: {reason}", record.event_id)
+    }
 }

@@ -32,13 +32,22 @@ pub struct EventBridgePublisher {
 }
 
 impl EventBridgePublisher {
-    /// A publisher to the bus named `bus_name`, trying each entry up to 3 times.
+    /// A publisher to the bus named `bus_name`, trying each entry up to 5 times within about
+    /// 3 seconds (full jitter from 100 ms, doubling, at most 2 s apart).
+    ///
+    /// EventBridge asks callers to retry the entries a PutEvents call failed, with backoff
+    /// (<https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-putevents.html>, "Handling
+    /// failures with PutEvents"); its PutEvents quota throttles beyond a per-Region rate
+    /// (<https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-quota.html>). These tries only
+    /// ride out a short burst inside one invocation: what still fails goes back to the stream as
+    /// a batch item failure, and the stream mapping retries it for as long as the stream keeps
+    /// the record (template.yaml: MaximumRetryAttempts and MaximumRecordAgeInSeconds are -1).
     pub fn new(client: Client, bus_name: impl Into<String>) -> Self {
         Self {
             client,
             bus_name: bus_name.into(),
-            max_attempts: 3,
-            first_backoff: Duration::from_millis(50),
+            max_attempts: 5,
+            first_backoff: Duration::from_millis(100),
         }
     }
 
@@ -124,7 +133,7 @@ impl EventBridgePublisher {
     fn backoff(&self, attempt: u32) -> Duration {
         let backoff = domain::Backoff {
             first: self.first_backoff,
-            max: Duration::MAX,
+            max: Duration::from_secs(2),
         };
         backoff.jittered(attempt, fastrand::f64())
     }

@@ -6,13 +6,19 @@
 //!   AWS, the local bus in the local stack).
 //! - `eventbridge` (feature `aws`): `EventBridgePublisher`, the publisher the processor
 //!   Lambda uses. The local stack builds without it, and so without the AWS SDK.
+//! - [`poison`]: the [`PoisonRecords`] port where a record that can never be mapped is set
+//!   aside, whole (an SQS queue on AWS, the stream's dead letters locally).
+//! - `sqs` (feature `aws`): `SqsPoisonRecords`, the processor Lambda's poison queue.
 //! - [`handle_batch`]: the function the processor Lambda and the local stream reader both call:
 //!   a batch in, `batchItemFailures` out.
 
 #[cfg(feature = "aws")]
 pub mod eventbridge;
 pub mod mapping;
+pub mod poison;
 pub mod publisher;
+#[cfg(feature = "aws")]
+pub mod sqs;
 
 use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -20,57 +26,93 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 #[cfg(feature = "aws")]
 pub use eventbridge::EventBridgePublisher;
 pub use mapping::{MappingError, OutboxEvent, map_record};
+pub use poison::{PoisonRecord, PoisonRecords, SetAsideError};
 pub use publisher::{EventPublisher, PublishError};
+#[cfg(feature = "aws")]
+pub use sqs::SqsPoisonRecords;
 
 /// Maps a batch of stream records to events and publishes them, in stream order.
 ///
-/// Records are mapped in order up to the first one that cannot be mapped; that prefix is
-/// published. The response names the first record that was not published (unmappable, or
-/// refused by the publisher), so the stream retries from there and nothing after it is
-/// skipped. Records before it that were published are not reported and not retried. Records
-/// after it may already be on the bus (the publisher accepted them beside the refused one):
-/// they go out again with the same `metadata.eventId`, on which consumers dedupe, and they can
-/// reach the bus before the record the stream retries, so the bus sees them out of order.
-pub async fn handle_batch(event: Event, publisher: &dyn EventPublisher) -> DynamoDbEventResponse {
+/// Failures are of two kinds, told apart here:
+/// - **Permanent**: a record that cannot be mapped will not be mappable on a retry either. It
+///   is set aside in `poison`, whole, and the rest of the batch flows on.
+/// - **Transient**: an event the publisher refused (throttled, or an entry failed). The response
+///   names the first record not published, as a batch item failure, and the stream retries
+///   from there (with `ReportBatchItemFailures`, Lambda checkpoints before the lowest reported
+///   sequence number: <https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html>).
+///   A record that could not be set aside is reported the same way.
+///
+/// Records before the first failure are done and not retried. Records after it may already be
+/// on the bus (the publisher accepted them beside the refused one): they go out again with the
+/// same `metadata.eventId`, on which consumers and subscribers dedupe, and they can reach the
+/// bus before the record the stream retries. An unmappable record after the first failure is
+/// set aside on the retry, not now, so it is set aside once per time the stream reaches it.
+pub async fn handle_batch(
+    event: Event,
+    publisher: &dyn EventPublisher,
+    poison: &dyn PoisonRecords,
+) -> DynamoDbEventResponse {
     let records = event.records;
+    // (index of the record, its event) for every record that maps; the others are poison.
     let mut events = Vec::with_capacity(records.len());
-    let mut first_unmapped = None;
+    let mut unmapped = Vec::new();
     for (index, record) in records.iter().enumerate() {
         match map_record(record) {
-            Ok(event) => events.push(event),
-            Err(error) => {
-                tracing::error!(
-                    event_id = %record.event_id,
-                    sequence_number = record.change.sequence_number.as_deref().unwrap_or("-"),
-                    %error,
-                    "stream record cannot be mapped to an event; reporting it as a batch item failure"
-                );
-                first_unmapped = Some(index);
-                break;
-            }
+            Ok(event) => events.push((index, event)),
+            Err(error) => unmapped.push((index, error)),
         }
     }
 
-    let first_failed = match publisher.publish(&events).await {
-        Ok(()) => first_unmapped,
+    let (indexes, outbox): (Vec<usize>, Vec<OutboxEvent>) = events.into_iter().unzip();
+    let published = match publisher.publish(&outbox).await {
+        Ok(()) => outbox.len(),
         Err(error) => {
-            let index = error.first_failed.min(events.len());
-            if let Some(record) = records.get(index) {
+            let first = error.first_failed.min(outbox.len());
+            if let Some(record) = indexes.get(first).and_then(|i| records.get(*i)) {
                 tracing::warn!(
                     event_id = %record.event_id,
                     %error,
                     "publishing failed; the stream will retry from this record"
                 );
             }
-            Some(index)
+            first
         }
     };
-    for event in events.iter().take(first_failed.unwrap_or(events.len())) {
+    for event in &outbox[..published] {
         tracing::info!(
             event_id = %event.envelope.metadata.event_id,
             detail_type = %event.detail_type,
             "event published"
         );
+    }
+    let mut first_failed = indexes.get(published).copied();
+
+    for (index, error) in unmapped {
+        if first_failed.is_some_and(|failed| index > failed) {
+            break; // the stream will hand it over again
+        }
+        let record = &records[index];
+        let sequence_number = record.change.sequence_number.as_deref().unwrap_or("-");
+        let reason = error.to_string();
+        match poison.set_aside(record, &reason).await {
+            Ok(()) => tracing::error!(
+                event_id = %record.event_id,
+                sequence_number,
+                %reason,
+                "stream record cannot be mapped to an event; set aside with the whole record"
+            ),
+            Err(error) => {
+                tracing::warn!(
+                    event_id = %record.event_id,
+                    sequence_number,
+                    %reason,
+                    %error,
+                    "an unmappable record could not be set aside; the stream will retry from it"
+                );
+                first_failed = Some(first_failed.map_or(index, |failed| failed.min(index)));
+                break;
+            }
+        }
     }
 
     let mut response = DynamoDbEventResponse::default();

@@ -8,7 +8,10 @@ use aws_lambda_events::dynamodb::Event;
 use aws_sdk_dynamodb::types::ReturnValue;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use domain::{Authors, Book, BookName, PublishedYear, item};
-use processor::{EventBridgePublisher, EventPublisher, OutboxEvent, PublishError, handle_batch};
+use processor::{
+    EventBridgePublisher, EventPublisher, OutboxEvent, PoisonRecord, PublishError,
+    SqsPoisonRecords, handle_batch,
+};
 use serde_json::{Value, json};
 use testing::batch::failed_ids as failures;
 use testing::bus::TemplateBus;
@@ -32,6 +35,9 @@ struct Fixture {
     stream_arn: String,
     bus: TemplateBus,
     publisher: EventBridgePublisher,
+    sqs: aws_sdk_sqs::Client,
+    poison_queue: String,
+    poison: SqsPoisonRecords,
 }
 
 impl Fixture {
@@ -44,6 +50,16 @@ impl Fixture {
             .unwrap();
         let bus = TemplateBus::create(&config, &RULES).await.unwrap();
         let publisher = EventBridgePublisher::new(bus.events.clone(), &bus.name);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let poison_queue = sqs
+            .create_queue()
+            .queue_name(moto::unique("poison"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let poison = SqsPoisonRecords::new(sqs.clone(), &poison_queue);
         Self {
             dynamodb,
             streams: aws_sdk_dynamodbstreams::Client::new(&config),
@@ -51,7 +67,27 @@ impl Fixture {
             stream_arn,
             bus,
             publisher,
+            sqs,
+            poison_queue,
+            poison,
         }
+    }
+
+    /// Everything set aside in the poison queue so far.
+    async fn set_aside(&self) -> Vec<PoisonRecord> {
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.poison_queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        output
+            .messages()
+            .iter()
+            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+            .collect()
     }
 
     async fn put(&self, book: &Book) {
@@ -110,7 +146,7 @@ async fn committed_changes_reach_the_rules_targets_as_contract_events_in_order()
         .map(|r| r["eventName"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["INSERT", "INSERT", "REMOVE", "MODIFY"]);
-    let response = handle_batch(event(&records), &fixture.publisher).await;
+    let response = handle_batch(event(&records), &fixture.publisher, &fixture.poison).await;
     assert!(failures(&response).is_empty(), "{response:?}");
 
     let added = fixture.bus.delivered("BookAddedRule").await.unwrap();
@@ -203,7 +239,7 @@ async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_a
         refused: "B",
     };
 
-    let response = handle_batch(event(&records), &refusing).await;
+    let response = handle_batch(event(&records), &refusing, &fixture.poison).await;
     assert_eq!(
         failures(&response),
         [records[1]["dynamodb"]["SequenceNumber"].as_str().unwrap()]
@@ -216,7 +252,7 @@ async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_a
     );
 
     // Lambda retries from the failed record; this time it goes through.
-    let response = handle_batch(event(&records[1..]), &fixture.publisher).await;
+    let response = handle_batch(event(&records[1..]), &fixture.publisher, &fixture.poison).await;
     assert!(failures(&response).is_empty());
     let retry = fixture.bus.delivered("BookAddedRule").await.unwrap();
     assert_eq!(names(&retry), ["B", "C", "D"]);
@@ -236,13 +272,16 @@ async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_a
 }
 
 #[tokio::test]
-async fn the_processor_lambda_publishes_a_batch_and_reports_the_record_it_cannot_map() {
+async fn the_processor_lambda_publishes_a_batch_and_sets_aside_the_record_it_cannot_map() {
     let endpoint = testing::emulator!();
     let fixture = Fixture::new(&endpoint).await;
     let mut lambda = LambdaHarness::start(
         env!("CARGO_BIN_EXE_processor"),
         "processor",
-        &[("EVENT_BUS_NAME", fixture.bus.name.as_str())],
+        &[
+            ("EVENT_BUS_NAME", fixture.bus.name.as_str()),
+            ("POISON_QUEUE_URL", fixture.poison_queue.as_str()),
+        ],
     )
     .await
     .unwrap();
@@ -260,22 +299,38 @@ async fn the_processor_lambda_publishes_a_batch_and_reports_the_record_it_cannot
         names(&fixture.bus.delivered("BookRemovedRule").await.unwrap()),
         ["Dune", "Neuromancer"]
     );
+    assert!(fixture.set_aside().await.is_empty());
 
     let malformed: Value =
         serde_json::from_str(include_str!("../fixtures/malformed-record.json")).unwrap();
     assert_eq!(
-        lambda.invoke(malformed).await.unwrap(),
-        Outcome::Response(
-            json!({"batchItemFailures": [{"itemIdentifier": "222200000000000000002"}]})
-        )
+        lambda.invoke(malformed.clone()).await.unwrap(),
+        Outcome::Response(json!({"batchItemFailures": []})),
+        "a record that can never be mapped is no batch item failure"
     );
     assert_eq!(
         names(&fixture.bus.delivered("BookAddedRule").await.unwrap()),
-        ["Dune"]
+        ["Dune", "Emma"],
+        "the records around it are published"
+    );
+    let kept = fixture.set_aside().await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&kept[0].record).unwrap(),
+        serde_json::to_value(
+            serde_json::from_value::<Event>(malformed).unwrap().records[1].clone()
+        )
+        .unwrap(),
+        "set aside whole"
+    );
+    assert!(
+        kept[0].reason.contains("not a valid book"),
+        "{}",
+        kept[0].reason
     );
     let logs = lambda.logs().join("\n");
     assert!(
-        logs.contains("8f14e45fceea167a5a36dedd4bea2543") && logs.contains("cannot be mapped"),
+        logs.contains("8f14e45fceea167a5a36dedd4bea2543") && logs.contains("set aside"),
         "{logs}"
     );
 }

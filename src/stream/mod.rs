@@ -2,12 +2,20 @@
 //!
 //! The [`StreamReader`] reads the records committed after its durable checkpoint, hands them to
 //! a [`BatchHandler`] as the very JSON a Lambda receives from DynamoDB Streams, and honours the
-//! `batchItemFailures` it answers: the checkpoint advances to just before the first failed
-//! record, which is retried with backoff; after [`ReaderOptions::max_attempts`] it is moved to
-//! the dead letters (with the checkpoint past it, in one transaction) and the stream goes on.
+//! `batchItemFailures` it answers as the processor's event source mapping does on AWS: the
+//! checkpoint advances to just before the first failed record, which is retried with backoff
+//! for as long as the stream keeps records ([`ReaderOptions::max_record_age`], 24 hours as on
+//! DynamoDB Streams; template.yaml's mapping has no lower retry or age limit). Only a record
+//! older than that is moved to the dead letters (with the checkpoint past it, in one
+//! transaction) — where AWS would discard it — and the stream goes on.
 //! One reader handles one batch at a time, so records are handled in commit order.
 //!
-//! - this module: [`StreamReader`], its [`ReaderOptions`], and the [`BatchHandler`] it calls.
+//! A failure the handler reports is transient by contract: the processor sets a record it can
+//! never map aside itself ([`processor::PoisonRecords`]; locally [`StreamDeadLetters`]) and
+//! reports only what a retry can fix.
+//!
+//! - this module: [`StreamReader`], its [`ReaderOptions`], the [`BatchHandler`] it calls, and
+//!   [`StreamDeadLetters`], where the processor sets aside what it can never map.
 //! - `records`: a stored change as the typed `EventRecord` a Lambda gets.
 
 mod records;
@@ -16,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::dynamodb::Event;
+use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::DynamoDbEventResponse;
-use processor::EventPublisher;
+use processor::{EventPublisher, PoisonRecords, SetAsideError};
 use tokio_util::sync::CancellationToken;
 
 use crate::embedded::stream::StoredRecord;
@@ -42,10 +50,15 @@ impl<T: BatchHandler + ?Sized> BatchHandler for Arc<T> {
     }
 }
 
-/// The processor library function over an [`EventPublisher`]: the same call the processor
-/// Lambda makes.
+/// The processor library function over an [`EventPublisher`] and [`PoisonRecords`]: the same
+/// call the processor Lambda makes.
 #[derive(Clone)]
-pub struct Processor(pub Arc<dyn EventPublisher>);
+pub struct Processor {
+    /// Where events go.
+    pub publisher: Arc<dyn EventPublisher>,
+    /// Where records that can never be mapped go.
+    pub poison: Arc<dyn PoisonRecords>,
+}
 
 impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,7 +69,30 @@ impl std::fmt::Debug for Processor {
 #[async_trait]
 impl BatchHandler for Processor {
     async fn handle(&self, event: Event) -> DynamoDbEventResponse {
-        processor::handle_batch(event, self.0.as_ref()).await
+        processor::handle_batch(event, self.publisher.as_ref(), self.poison.as_ref()).await
+    }
+}
+
+/// The local [`PoisonRecords`]: the stream's dead letters, which hold the whole record (and
+/// which `outboxdemo dead-letters` lists and redrives).
+#[derive(Debug, Clone)]
+pub struct StreamDeadLetters(pub Arc<Db>);
+
+#[async_trait]
+impl PoisonRecords for StreamDeadLetters {
+    async fn set_aside(&self, record: &EventRecord, reason: &str) -> Result<(), SetAsideError> {
+        let seq = record
+            .change
+            .sequence_number
+            .as_deref()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| SetAsideError("the record has no local sequence number".into()))?;
+        let json = serde_json::to_string(record).map_err(|e| SetAsideError(e.to_string()))?;
+        let (event_id, reason) = (record.event_id.clone(), reason.to_owned());
+        self.0
+            .write(move |conn| stream_dead_letters::insert(conn, seq, &event_id, &json, &reason, 1))
+            .await
+            .map_err(|e| SetAsideError(e.to_string()))
     }
 }
 
@@ -65,8 +101,11 @@ impl BatchHandler for Processor {
 pub struct ReaderOptions {
     /// The most records in one batch (Lambda's `BatchSize`).
     pub batch_size: usize,
-    /// How many times a failing record is tried before it is dead-lettered.
-    pub max_attempts: u32,
+    /// How old a failing record may grow, retried all the while, before it is dead-lettered:
+    /// the stream's retention (DynamoDB Streams keeps records 24 hours,
+    /// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Streams.html>), beyond
+    /// which Lambda's mapping discards it.
+    pub max_record_age: Duration,
     /// The wait after the first failure; it doubles with each further one.
     pub first_backoff: Duration,
     /// The longest wait between two tries.
@@ -77,7 +116,7 @@ impl Default for ReaderOptions {
     fn default() -> Self {
         Self {
             batch_size: 100,
-            max_attempts: 5,
+            max_record_age: Duration::from_secs(24 * 60 * 60),
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -217,7 +256,9 @@ impl<H: BatchHandler> StreamReader<H> {
             };
         }
         failing.attempts += 1;
-        if failing.attempts < self.options.max_attempts {
+        let age_ms = chrono::Utc::now().timestamp_millis() - record.created_at_ms;
+        let max_age_ms = i64::try_from(self.options.max_record_age.as_millis()).unwrap_or(i64::MAX);
+        if age_ms <= max_age_ms {
             tracing::warn!(
                 event_id = %record.event_id,
                 attempts = failing.attempts,
@@ -231,7 +272,10 @@ impl<H: BatchHandler> StreamReader<H> {
         let event_id = record.event_id.clone();
         // Built again from the stored record: the batch went to the handler.
         let record_json = serde_json::to_string(&lambda_record(record)?)?;
-        let reason = format!("the processor failed this record {attempts} times");
+        let reason = format!(
+            "the processor failed this record {attempts} times, until it was older than the stream keeps records ({} s)",
+            self.options.max_record_age.as_secs()
+        );
         tracing::error!(%event_id, attempts, "stream record dead-lettered; the stream moves on");
         self.db
             .write(move |conn| {

@@ -17,6 +17,9 @@ struct Config {
     /// The consumers' activity table.
     #[arg(long, env = "ACTIVITY_TABLE_NAME")]
     activity_table_name: String,
+    /// The WebSocket API's URL, where GraphiQL opens subscriptions (this HTTP API cannot).
+    #[arg(long, env = "WEBSOCKET_URL")]
+    websocket_url: Option<String>,
 }
 
 #[tokio::main]
@@ -28,7 +31,12 @@ async fn main() -> Result<(), lambda_http::Error> {
     let activity = Arc::new(DynamoActivityFeed::new(client, config.activity_table_name));
     // A Lambda cannot hold a WebSocket: subscriptions on AWS go through API Gateway's
     // WebSocket API instead, so this hub has no publisher.
-    let router = api::router(api::build_schema(books, activity, api::EventHub::default()));
+    let options = api::ApiOptions {
+        graphiql_subscriptions_url: config.websocket_url,
+        ..api::ApiOptions::default()
+    };
+    let schema = api::build_schema(books, activity, api::EventHub::default());
+    let router = api::router::router_with(schema, &options);
     lambda_http::run(router.map_request(serve_under_stage)).await
 }
 

@@ -35,7 +35,11 @@ pub fn router(schema: ApiSchema) -> Router {
 pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
     let mut router = Router::new();
     if options.graphiql {
-        router = router.route("/", get(graphiql::graphiql));
+        let subscriptions = graphiql::SubscriptionsUrl(options.graphiql_subscriptions_url.clone());
+        router = router.route(
+            "/",
+            get(graphiql::graphiql).layer(axum::Extension(subscriptions)),
+        );
     }
     router
         .route(

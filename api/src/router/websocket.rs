@@ -89,6 +89,7 @@ async fn serve_socket(stream: WebSocket, state: AppState, protocol: WebSocketPro
         .on_connection_init(accept_connection);
     futures_util::pin_mut!(outgoing);
 
+    let mut answers = Answers::default();
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + state.keepalive,
         state.keepalive,
@@ -98,6 +99,13 @@ async fn serve_socket(stream: WebSocket, state: AppState, protocol: WebSocketPro
             message = outgoing.next() => match message {
                 Some(WsMessage::Text(text)) => {
                     forget_completed(&text, &open);
+                    let text = match protocol {
+                        WebSocketProtocols::GraphQLWS => match answers.rewrite(text, &open) {
+                            Some(text) => text,
+                            None => continue,
+                        },
+                        WebSocketProtocols::SubscriptionsTransportWS => text,
+                    };
                     Message::Text(text.into())
                 }
                 Some(WsMessage::Close(code, reason)) => {
@@ -156,6 +164,57 @@ fn admit(
     }
 }
 
+/// What this connection has answered each subscription so far, so that a subscribe refused
+/// before execution gets `graphql-transport-ws`'s `error` message, as on AWS.
+///
+/// async-graphql answers a document that does not validate (or a guard that refuses it) with a
+/// `next` whose payload has errors and no data, then `complete`. The protocol's answer is one
+/// `error` message with the errors, after which the subscription is over and no `complete`
+/// follows (<https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md#error>).
+#[derive(Debug, Default)]
+struct Answers {
+    /// Subscriptions that have been sent a `next`.
+    started: HashSet<String>,
+    /// Subscriptions answered with `error`, whose `complete` is not sent.
+    refused: HashSet<String>,
+}
+
+impl Answers {
+    /// The message to send instead of `text`, or `None` to send nothing.
+    fn rewrite(&mut self, text: String, open: &Mutex<HashSet<String>>) -> Option<String> {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return Some(text);
+        };
+        let Some(id) = message["id"].as_str() else {
+            return Some(text);
+        };
+        match message["type"].as_str() {
+            Some("next") if !self.started.contains(id) => {
+                let payload = &message["payload"];
+                let refused = payload["data"].is_null()
+                    && payload["errors"].as_array().is_some_and(|e| !e.is_empty());
+                if !refused {
+                    self.started.insert(id.to_owned());
+                    return Some(text);
+                }
+                self.refused.insert(id.to_owned());
+                if let Ok(mut open) = open.lock() {
+                    open.remove(id);
+                }
+                Some(
+                    serde_json::json!({"type": "error", "id": id, "payload": payload["errors"]})
+                        .to_string(),
+                )
+            }
+            Some("complete") => {
+                self.started.remove(id);
+                (!self.refused.remove(id)).then_some(text)
+            }
+            _ => Some(text),
+        }
+    }
+}
+
 /// A subscription the server ended (`complete`) no longer counts against the limit.
 fn forget_completed(text: &str, open: &Mutex<HashSet<String>>) {
     if !text.contains("\"complete\"") {
@@ -200,6 +259,36 @@ mod tests {
         assert_eq!(admit(&message("subscribe", "3"), &open, 2, protocol), None);
         forget_completed(r#"{"type":"complete","id":"2"}"#, &open);
         assert_eq!(open.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_subscribe_refused_before_execution_is_answered_with_one_error_message() {
+        let open = Mutex::new(HashSet::from(["bad".to_owned(), "good".to_owned()]));
+        let mut answers = Answers::default();
+        let refused = r#"{"type":"next","id":"bad","payload":{"data":null,"errors":[{"message":"Unknown field","extensions":{"code":"GRAPHQL_VALIDATION_FAILED"}}]}}"#;
+        let error: serde_json::Value =
+            serde_json::from_str(&answers.rewrite(refused.into(), &open).unwrap()).unwrap();
+        assert_eq!(
+            error,
+            serde_json::json!({"type": "error", "id": "bad", "payload": [{"message": "Unknown field", "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]})
+        );
+        assert_eq!(
+            answers.rewrite(r#"{"type":"complete","id":"bad"}"#.into(), &open),
+            None,
+            "no complete after an error"
+        );
+        assert!(!open.lock().unwrap().contains("bad"), "its place is free");
+
+        // A subscription that started keeps its next messages, errors and all, and its complete.
+        let next = r#"{"type":"next","id":"good","payload":{"data":{"bookAdded":{"name":"A"}}}}"#;
+        assert_eq!(answers.rewrite(next.into(), &open).as_deref(), Some(next));
+        let later = r#"{"type":"next","id":"good","payload":{"data":null,"errors":[{"message":"lagged"}]}}"#;
+        assert_eq!(answers.rewrite(later.into(), &open).as_deref(), Some(later));
+        let complete = r#"{"type":"complete","id":"good"}"#;
+        assert_eq!(
+            answers.rewrite(complete.into(), &open).as_deref(),
+            Some(complete)
+        );
     }
 
     async fn first_error_code(

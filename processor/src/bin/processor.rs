@@ -3,7 +3,7 @@
 use aws_lambda_events::dynamodb::Event;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
-use processor::EventBridgePublisher;
+use processor::{EventBridgePublisher, SqsPoisonRecords};
 
 /// Configuration, from the environment.
 #[derive(Debug, Parser)]
@@ -11,17 +11,26 @@ struct Config {
     /// The event bus to publish to.
     #[arg(long, env = "EVENT_BUS_NAME", default_value = domain::event::DEFAULT_EVENT_BUS_NAME)]
     event_bus_name: String,
+    /// The SQS queue that records the processor can never map are set aside in, whole.
+    #[arg(long, env = "POISON_QUEUE_URL")]
+    poison_queue_url: String,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
-    let client = aws_sdk_eventbridge::Client::new(&aws_config::load_from_env().await);
-    let publisher = EventBridgePublisher::new(client, config.event_bus_name);
-    let publisher = &publisher;
+    let aws = aws_config::load_from_env().await;
+    let publisher = EventBridgePublisher::new(
+        aws_sdk_eventbridge::Client::new(&aws),
+        config.event_bus_name,
+    );
+    let poison = SqsPoisonRecords::new(aws_sdk_sqs::Client::new(&aws), config.poison_queue_url);
+    let (publisher, poison) = (&publisher, &poison);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| async move {
-        Ok::<_, lambda_runtime::Error>(processor::handle_batch(event.payload, publisher).await)
+        Ok::<_, lambda_runtime::Error>(
+            processor::handle_batch(event.payload, publisher, poison).await,
+        )
     }))
     .await
 }

@@ -6,7 +6,7 @@ use processor::{MappingError, handle_batch, map_record};
 use serde_json::json;
 use testing::batch::failed_ids as failures;
 
-use crate::support::RecordingPublisher;
+use crate::support::{RecordingPoison, RecordingPublisher};
 
 fn fixture(json: &str) -> Event {
     serde_json::from_str(json).unwrap()
@@ -18,6 +18,7 @@ async fn maps_every_record_of_a_mixed_batch_in_order() {
     let response = handle_batch(
         fixture(include_str!("../../fixtures/mixed-batch.json")),
         &publisher,
+        &RecordingPoison::default(),
     )
     .await;
     assert!(failures(&response).is_empty());
@@ -73,17 +74,41 @@ async fn maps_every_record_of_a_mixed_batch_in_order() {
 }
 
 #[tokio::test]
-async fn a_malformed_record_is_a_batch_item_failure_and_nothing_after_it_is_published() {
+async fn a_malformed_record_is_set_aside_whole_and_the_rest_of_the_batch_is_published() {
+    let publisher = RecordingPublisher::default();
+    let poison = RecordingPoison::default();
+    let event = fixture(include_str!("../../fixtures/malformed-record.json"));
+    let malformed = event.records[1].clone();
+    let response = handle_batch(event, &publisher, &poison).await;
+    assert!(
+        failures(&response).is_empty(),
+        "a permanent failure is no batch item failure"
+    );
+    let published: Vec<_> = publisher
+        .published()
+        .iter()
+        .map(|e| e.envelope.metadata.sequence_number.clone())
+        .collect();
+    assert_eq!(
+        published,
+        ["222200000000000000001", "222200000000000000003"]
+    );
+    let kept = poison.kept();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, malformed);
+    assert!(kept[0].1.contains("not a valid book"), "{}", kept[0].1);
+}
+
+#[tokio::test]
+async fn a_malformed_record_that_cannot_be_set_aside_is_a_batch_item_failure() {
     let publisher = RecordingPublisher::default();
     let response = handle_batch(
         fixture(include_str!("../../fixtures/malformed-record.json")),
         &publisher,
+        &RecordingPoison::refusing(),
     )
     .await;
     assert_eq!(failures(&response), ["222200000000000000002"]);
-    let published = publisher.published();
-    assert_eq!(published.len(), 1);
-    assert_eq!(published[0].envelope.data.name.as_str(), "Dune");
 }
 
 #[tokio::test]
@@ -92,6 +117,7 @@ async fn a_publish_failure_reports_the_first_unpublished_record() {
     let response = handle_batch(
         fixture(include_str!("../../fixtures/mixed-batch.json")),
         &publisher,
+        &RecordingPoison::default(),
     )
     .await;
     assert_eq!(failures(&response), ["111100000000000000003"]);
@@ -101,7 +127,12 @@ async fn a_publish_failure_reports_the_first_unpublished_record() {
 #[tokio::test]
 async fn an_empty_batch_publishes_nothing_and_fails_nothing() {
     let publisher = RecordingPublisher::default();
-    let response = handle_batch(fixture(r#"{"Records": []}"#), &publisher).await;
+    let response = handle_batch(
+        fixture(r#"{"Records": []}"#),
+        &publisher,
+        &RecordingPoison::default(),
+    )
+    .await;
     assert!(failures(&response).is_empty());
     assert!(publisher.published().is_empty());
 }

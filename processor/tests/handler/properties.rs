@@ -16,13 +16,17 @@ use serde_dynamo::{AttributeValue, Item};
 use serde_json::{Map, Value, json};
 use testing::batch::failed_ids as failures;
 
-use crate::support::RecordingPublisher;
+use crate::support::{RecordingPoison, RecordingPublisher};
 
-fn handle(event: Event, publisher: &RecordingPublisher) -> DynamoDbEventResponse {
+fn handle(
+    event: Event,
+    publisher: &RecordingPublisher,
+    poison: &RecordingPoison,
+) -> DynamoDbEventResponse {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(handle_batch(event, publisher))
+        .block_on(handle_batch(event, publisher, poison))
 }
 
 /// The documented `eventName` → detail type.
@@ -411,32 +415,54 @@ proptest! {
     }
 
     #[test]
-    fn a_batch_fails_at_most_one_record_with_everything_before_it_published(
+    fn a_batch_fails_at_most_one_record_and_every_record_before_it_is_published_or_set_aside(
         records in vec(prop_oneof![any_record(), valid_record().prop_map(|r| r.to_json())], 0..6),
         fail_from in option::of(0..6usize),
+        poison_refuses in any::<bool>(),
     ) {
         let event = serde_json::from_value::<Event>(json!({"Records": records}));
         prop_assume!(event.is_ok(), "Lambda could not have sent this batch");
         let event = event.unwrap();
         let records = event.records.clone();
         let publisher = RecordingPublisher::failing_from(fail_from);
-        let response = handle(event, &publisher);
+        let poison = if poison_refuses { RecordingPoison::refusing() } else { RecordingPoison::default() };
+        let response = handle(event, &publisher, &poison);
 
-        // Offered: exactly the records up to the first one that does not map, mapped.
-        let mapped: Vec<_> = records.iter().map_while(|r| map_record(r).ok()).collect();
+        // Offered: every record that maps, in order (an unmappable one stops nothing).
+        let mapped: Vec<_> = records.iter().filter_map(|r| map_record(r).ok()).collect();
         prop_assert_eq!(publisher.offered(), mapped.clone());
-        // Published: a prefix of those, in order; the failure, if any, names the next record.
         let published = publisher.published();
+        prop_assert_eq!(&published[..], &mapped[..published.len()]);
         let failed = failures(&response);
         prop_assert!(failed.len() <= 1, "{failed:?}");
-        prop_assert_eq!(&published[..], &mapped[..published.len()]);
-        match failed.first() {
-            None => prop_assert_eq!(published.len(), records.len()),
-            Some(failed) => {
-                let next = &records[published.len()];
-                prop_assert_eq!(failed, &next.change.sequence_number.clone().unwrap_or_default());
-                prop_assert!(map_record(next).is_err() || fail_from == Some(published.len()));
-            }
+        // The failure, if any, is the first record neither published nor set aside; every
+        // record before it is one of the two, and a set-aside record is kept whole.
+        let kept = poison.kept();
+        let failed_at = failed.first().map(|id| {
+            records.iter().position(|r| r.change.sequence_number.clone().unwrap_or_default() == *id)
+        });
+        let end = match failed_at {
+            None => records.len(),
+            Some(at) => at.unwrap_or(0),
+        };
+        let before = &records[..end];
+        let unmappable: Vec<_> = before.iter().filter(|r| map_record(r).is_err()).collect();
+        let done_mapped = before.len() - unmappable.len();
+        prop_assert!(published.len() >= done_mapped);
+        prop_assert_eq!(kept.len(), unmappable.len());
+        for ((kept, reason), record) in kept.iter().zip(&unmappable) {
+            prop_assert_eq!(kept, *record);
+            prop_assert_eq!(reason, &map_record(record).unwrap_err().to_string());
+        }
+        if let Some(at) = failed_at {
+            let record = &records[at.unwrap_or(0)];
+            let refused = fail_from.is_some_and(|f| f < mapped.len());
+            prop_assert!(
+                map_record(record).is_err() && poison_refuses || refused,
+                "a failure needs a refused publish or a refused set-aside"
+            );
+        } else {
+            prop_assert_eq!(published.len(), mapped.len());
         }
     }
 
@@ -448,7 +474,9 @@ proptest! {
         let batch = json!({"Records": records.iter().map(ValidRecord::to_json).collect::<Vec<_>>()});
         let event: Event = serde_json::from_value(batch).unwrap();
         let publisher = RecordingPublisher::failing_from(fail_from);
-        let response = handle(event, &publisher);
+        let poison = RecordingPoison::default();
+        let response = handle(event, &publisher, &poison);
+        prop_assert!(poison.kept().is_empty());
 
         let offered = publisher.offered();
         prop_assert_eq!(offered.len(), records.len());

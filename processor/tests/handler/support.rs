@@ -1,9 +1,11 @@
-//! What the handler tests share: a publisher that records what it is offered.
+//! What the handler tests share: a publisher that records what it is offered, and a poison
+//! queue that keeps what is set aside.
 
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use processor::{EventPublisher, OutboxEvent, PublishError};
+use aws_lambda_events::dynamodb::EventRecord;
+use processor::{EventPublisher, OutboxEvent, PoisonRecords, PublishError, SetAsideError};
 
 /// Records what it is offered and what it publishes; refuses from `fail_from` on, if set.
 #[derive(Debug, Default)]
@@ -49,5 +51,41 @@ impl RecordingPublisher {
     /// Everything it accepted.
     pub fn published(&self) -> Vec<OutboxEvent> {
         self.published.lock().unwrap().clone()
+    }
+}
+
+/// Keeps what is set aside; refuses everything when told to.
+#[derive(Debug, Default)]
+pub struct RecordingPoison {
+    refuse: bool,
+    kept: Mutex<Vec<(EventRecord, String)>>,
+}
+
+#[async_trait]
+impl PoisonRecords for RecordingPoison {
+    async fn set_aside(&self, record: &EventRecord, reason: &str) -> Result<(), SetAsideError> {
+        if self.refuse {
+            return Err(SetAsideError("refused by the test".into()));
+        }
+        self.kept
+            .lock()
+            .unwrap()
+            .push((record.clone(), reason.to_owned()));
+        Ok(())
+    }
+}
+
+impl RecordingPoison {
+    /// A poison queue that cannot be written to.
+    pub fn refusing() -> Self {
+        Self {
+            refuse: true,
+            ..Self::default()
+        }
+    }
+
+    /// What was set aside, with the reasons.
+    pub fn kept(&self) -> Vec<(EventRecord, String)> {
+        self.kept.lock().unwrap().clone()
     }
 }

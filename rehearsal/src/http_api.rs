@@ -163,12 +163,22 @@ pub(crate) fn aws_id() -> String {
 
 /// An API id like AWS's: ten lower-case letters and digits.
 pub(crate) fn api_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..10)
-        .map(|_| {
-            let i = fastrand::usize(..36);
-            char::from_digit(u32::try_from(i).unwrap_or_default(), 36).unwrap_or('a')
-        })
+        .filter_map(|_| ALPHABET.get(fastrand::usize(..ALPHABET.len())))
+        .map(|&b| char::from(b))
         .collect()
+}
+
+/// The query string's parameters, decoded, every value of a repeated one in order.
+pub(crate) fn query_parameters(uri: &axum::http::Uri) -> HashMap<String, Vec<String>> {
+    let mut parameters: HashMap<String, Vec<String>> = HashMap::new();
+    if let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        for (key, value) in pairs {
+            parameters.entry(key).or_default().push(value);
+        }
+    }
+    parameters
 }
 
 /// `requestContext.time` and `requestTime`: `12/Mar/2020:19:03:58 +0000`.
@@ -311,13 +321,7 @@ impl Gateway {
         }
         event.headers = headers;
         // Repeated parameters joined with commas (the QueryMap serializer does the joining).
-        let mut query: HashMap<String, Vec<String>> = HashMap::new();
-        if let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
-            for (key, value) in pairs {
-                query.entry(key).or_default().push(value);
-            }
-        }
-        event.query_string_parameters = query.into();
+        event.query_string_parameters = query_parameters(&parts.uri).into();
         event.path_parameters = path_parameters;
 
         let (time, time_epoch) = request_time(SystemTime::now());
@@ -473,4 +477,80 @@ fn response_of(payload: Value) -> anyhow::Result<Response> {
     };
     *response.body_mut() = Body::from(body);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(key: &str) -> Route {
+        let (method, path) = key.split_once(' ').unwrap_or_default();
+        Route {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        }
+    }
+
+    /// The example of "Routing API requests" (http-api-develop-routes.html), without its
+    /// `$default` route, which the template does not have.
+    #[test]
+    fn routes_are_selected_as_the_documented_example() {
+        let settings = HttpApiSettings::new(
+            [
+                "GET /pets/dog/1",
+                "GET /pets/dog/{id}",
+                "GET /pets/{proxy+}",
+                "ANY /{proxy+}",
+            ]
+            .map(route)
+            .to_vec(),
+        );
+        let selected = |method: &str, path: &str| {
+            settings
+                .select(method, path)
+                .map(|(route, variables)| (route.key(), variables))
+        };
+        let variables = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            selected("GET", "/pets/dog/1"),
+            Some(("GET /pets/dog/1".into(), variables(&[])))
+        );
+        assert_eq!(
+            selected("GET", "/pets/dog/2"),
+            Some(("GET /pets/dog/{id}".into(), variables(&[("id", "2")])))
+        );
+        assert_eq!(
+            selected("GET", "/pets/cat/1"),
+            Some((
+                "GET /pets/{proxy+}".into(),
+                variables(&[("proxy", "cat/1")])
+            ))
+        );
+        assert_eq!(
+            selected("POST", "/pets/dog/1"),
+            Some((
+                "ANY /{proxy+}".into(),
+                variables(&[("proxy", "pets/dog/1")])
+            ))
+        );
+        // A greedy variable needs at least one segment: `/` is no match for `/{proxy+}`.
+        assert_eq!(selected("GET", "/"), None);
+    }
+
+    #[test]
+    fn ids_look_like_aws_ids() {
+        assert!(aws_id().ends_with('='));
+        assert_eq!(aws_id().len(), 16);
+        let api = api_id();
+        assert_eq!(api.len(), 10);
+        assert!(
+            api.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+    }
 }

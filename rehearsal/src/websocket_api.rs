@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_api::{api_id, aws_id, request_time};
+use crate::http_api::{api_id, aws_id, query_parameters, request_time};
 use crate::lambda::{Invocation, Invoke};
 use crate::template::Template;
 
@@ -158,6 +158,11 @@ impl WebSocketSettings {
             max_message_bytes: 128 * 1024,
             max_frame_bytes: 32 * 1024,
         })
+    }
+
+    /// Whether the API has the route `key`.
+    pub fn has_route(&self, key: &str) -> bool {
+        self.routes.iter().any(|route| route == key)
     }
 
     /// The route a message goes to: the selection expression's value in its JSON body when a
@@ -451,22 +456,20 @@ async fn upgrade(
     let mut event = shared.event(&caller, CONNECT, "CONNECT", &request_id);
     event.headers = headers.clone();
     event.multi_value_headers = headers;
-    let mut query: HashMap<String, Vec<String>> = HashMap::new();
-    if let Ok(axum::extract::Query(pairs)) =
-        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
-    {
-        for (key, value) in pairs {
-            query.entry(key).or_default().push(value);
-        }
-    }
+    let query = query_parameters(&uri);
     event.query_string_parameters = query.clone().into();
     event.multi_value_query_string_parameters = query.into();
-    let response = match shared.invoke(event).await {
-        Invocation::Response(response) => response,
-        Invocation::FunctionError(error) => {
-            tracing::warn!(%error, "$connect failed");
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+    // Without a $connect route, API Gateway connects without asking anyone.
+    let response = if shared.settings.has_route(CONNECT) {
+        match shared.invoke(event).await {
+            Invocation::Response(response) => response,
+            Invocation::FunctionError(error) => {
+                tracing::warn!(%error, "$connect failed");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+            }
         }
+    } else {
+        Value::Null
     };
     let status = response
         .get("statusCode")
@@ -598,6 +601,9 @@ async fn run(shared: Arc<Shared>, socket: WebSocket, caller: Caller) {
     lock(&shared.connections).remove(&caller.connection_id);
     drop(inbound);
     let _ = worker.await;
+    if !settings.has_route(DISCONNECT) {
+        return;
+    }
     let request_id = aws_id();
     let mut event = shared.event(&caller, DISCONNECT, "DISCONNECT", &request_id);
     event.request_context.disconnect_status_code = Some(i64::from(code));
@@ -641,12 +647,7 @@ async fn route_messages(
             let _ = replies.send(Command::Send(Message::Text(body.to_string().into())));
         };
         let route = if message.is_base64_encoded {
-            shared
-                .settings
-                .routes
-                .iter()
-                .any(|r| r == DEFAULT)
-                .then_some(DEFAULT)
+            shared.settings.has_route(DEFAULT).then_some(DEFAULT)
         } else {
             shared.settings.select_route(&message.body)
         };

@@ -885,3 +885,25 @@ async fn messages_beyond_the_stage_throttle_are_not_routed() -> anyhow::Result<(
     assert_eq!(messages, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn without_connect_and_disconnect_routes_only_messages_reach_the_function()
+-> anyhow::Result<()> {
+    let fake = Fake::answering(json!({"statusCode": 500}));
+    let mut settings = ws_settings()?;
+    settings.routes = vec!["$default".to_owned()];
+    let api = ws_api(Arc::clone(&fake), settings).await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(api.url()).await?;
+    socket.send(Message::text("{}")).await?;
+    fake.wait_for(|e| e["requestContext"]["eventType"] == "MESSAGE")
+        .await?;
+    socket.close(None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let types: Vec<Value> = fake
+        .events()
+        .iter()
+        .map(|e| e["requestContext"]["eventType"].clone())
+        .collect();
+    assert_eq!(types, [json!("MESSAGE")]);
+    Ok(())
+}

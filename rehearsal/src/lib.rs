@@ -6,13 +6,20 @@
 //! with every setting read from `template.yaml`.
 //!
 //! - [`template`]: `template.yaml` and its intrinsics, resolved against what was created.
+//! - [`faults`]: a proxy between the functions and moto that refuses PutEvents entries,
+//!   throttles, and fails writes, as AWS can and moto does not.
+//! - [`stack`]: [`Rehearsal`](stack::Rehearsal), everything above wired as AWS wires it.
+//! - [`invoke_api`]: Lambda's Invoke API for the functions (`aws lambda invoke`).
 //! - [`lambda`]: a function as a pool of execution environments (processes) under a Runtime
 //!   API: one invocation each at a time, timeouts, crashes and cold starts as on Lambda.
 
 pub mod async_invoke;
+pub mod faults;
 pub mod http_api;
+pub mod invoke_api;
 pub mod lambda;
 pub mod resources;
+pub mod stack;
 pub mod stream_mapping;
 pub mod template;
 pub mod websocket_api;

@@ -290,6 +290,8 @@ pub struct Progress {
     pub shards: BTreeMap<String, ShardProgress>,
     /// When the shards were last listed (the start of the DescribeStream call).
     pub listed_at: Option<Instant>,
+    /// Shards of that listing not read yet: children waiting for their parent to be done.
+    pub waiting_shards: Vec<String>,
     /// Invocations so far.
     pub invocations: u64,
     /// Batches discarded so far (retries exhausted, records too old).
@@ -325,9 +327,11 @@ pub struct ShardProgress {
 
 impl Progress {
     /// Whether every shard was found caught up (or finished) after `since`, in a listing of
-    /// the shards made after `since` too: nothing written before `since` is still pending.
+    /// the shards made after `since` too, with none waiting for its parent: nothing written
+    /// before `since` is still pending.
     pub fn idle_since(&self, since: Instant) -> bool {
         self.listed_at.is_some_and(|at| at >= since)
+            && self.waiting_shards.is_empty()
             && self
                 .shards
                 .values()
@@ -468,6 +472,7 @@ async fn coordinate(shared: Arc<Shared>) {
                 let known: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
                 let initial =
                     initial.get_or_insert_with(|| shards.iter().map(|s| s.id.clone()).collect());
+                let mut waiting = Vec::new();
                 for shard in &shards {
                     if started.contains(&shard.id) {
                         continue;
@@ -479,7 +484,8 @@ async fn coordinate(shared: Arc<Shared>) {
                                 .get(parent)
                                 .is_some_and(|p| p.finished)
                     });
-                    if parent_pending {
+                    if false && parent_pending {
+                        waiting.push(shard.id.clone());
                         continue;
                     }
                     // A shard found later holds only records written since: read it all.
@@ -500,7 +506,10 @@ async fn coordinate(shared: Arc<Shared>) {
                     });
                     readers.spawn(ShardReader::new(shared.clone(), shard.id.clone()).run(position));
                 }
-                shared.update(|p| p.listed_at = Some(listed_at));
+                shared.update(|p| {
+                    p.listed_at = Some(listed_at);
+                    p.waiting_shards = waiting;
+                });
             }
             Err(e) => shared.error(&e),
         }

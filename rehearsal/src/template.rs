@@ -109,6 +109,11 @@ impl Template {
         }
     }
 
+    /// A top-level section (`Conditions`, `Parameters`, `Outputs`…), unresolved.
+    pub fn section(&self, name: &str) -> &serde_yaml::Value {
+        &self.root[name]
+    }
+
     /// A parameter's default.
     pub fn parameter_default(&self, name: &str) -> Option<String> {
         match &self.root["Parameters"][name]["Default"] {

@@ -597,6 +597,8 @@ async fn run(shared: Arc<Shared>, socket: WebSocket, caller: Caller) {
             }
         }
     };
+    // Sends what is still queued, such as the reply to the client's close frame.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     // Gone from here on: a post now gets 410.
     lock(&shared.connections).remove(&caller.connection_id);
     drop(inbound);

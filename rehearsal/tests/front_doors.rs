@@ -683,6 +683,8 @@ async fn disconnect_follows_the_clients_close() -> anyhow::Result<()> {
             reason: "bye".into(),
         }))
         .await?;
+    // The close handshake completes: the client gets the reply to its close frame.
+    assert_eq!(close_code(&next(&mut socket).await?), Some(1000));
     let event = fake
         .wait_for(|e| e["requestContext"]["eventType"] == "DISCONNECT")
         .await?;

@@ -246,7 +246,8 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        // Payload quota: https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-quotas.html
+        // Payload quota (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-quotas.html);
+        // over it, "413 Request Entity Too Large" (http-api-monitor.html names that error).
         if declared.is_some_and(|length| length > limit) {
             return gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
         }
@@ -264,7 +265,10 @@ impl Gateway {
             tokio::time::timeout(self.settings.integration_timeout, self.target.invoke(event))
                 .await;
         match invocation {
+            // The integration timeout: HTTP APIs answer 503 (REST APIs 504); no AWS page spells
+            // out the body, this is the one clients report.
             Err(_) => gateway_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+            // https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-troubleshooting-lambda.html
             Ok(Invocation::FunctionError(error)) => {
                 tracing::warn!(%error, "the function failed");
                 gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")

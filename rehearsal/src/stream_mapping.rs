@@ -484,7 +484,7 @@ async fn coordinate(shared: Arc<Shared>) {
                                 .get(parent)
                                 .is_some_and(|p| p.finished)
                     });
-                    if false && parent_pending {
+                    if parent_pending {
                         waiting.push(shard.id.clone());
                         continue;
                     }

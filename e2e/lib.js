@@ -1,9 +1,21 @@
-// Shared by the end-to-end tests: where the running local stack is, and how to talk to it.
+// Shared by the end-to-end tests: which target runs (the local stack, or the rehearsal of the
+// AWS deployment), where it is, and how to talk to it.
 import assert from 'node:assert/strict';
 
 export const BASE = process.env.OUTBOXDEMO_URL;
-assert.ok(BASE, 'OUTBOXDEMO_URL must name the running local stack (scripts/e2e sets it)');
-export const WS_URL = `${BASE.replace(/^http/, 'ws')}/graphql/ws`;
+assert.ok(BASE, 'OUTBOXDEMO_URL must name the running target (scripts/e2e sets it)');
+/** `local` (the local stack) or `rehearsal` (the AWS deployment, rehearsed). */
+export const TARGET = process.env.OUTBOXDEMO_TARGET ?? 'local';
+assert.ok(['local', 'rehearsal'].includes(TARGET), `unknown OUTBOXDEMO_TARGET ${TARGET}`);
+/** Subscriptions: the local stack's /graphql/ws, or the WebSocket API on AWS. */
+export const WS_URL = process.env.OUTBOXDEMO_WS_URL ?? `${BASE.replace(/^http/, 'ws')}/graphql/ws`;
+/** Where the number of stored subscriptions is read: /health locally, the rehearsal's status. */
+const STATUS_URL = process.env.OUTBOXDEMO_STATUS_URL ?? `${BASE}/health`;
+
+/** `false` on the local stack; on AWS, the reason a test of a local-only feature is skipped. */
+export function localOnly(reason) {
+  return TARGET === 'local' ? false : `local only: ${reason}`;
+}
 
 /** POSTs a GraphQL request; returns the whole response body. */
 export async function graphql(query, variables = {}) {
@@ -45,10 +57,10 @@ export async function eventually(check, ms = 10_000) {
   }
 }
 
-/** The number of open subscriptions the server reports. */
+/** The number of open subscriptions the target holds (on AWS: rows of the connections table). */
 export async function openSubscriptions() {
-  const health = await (await fetch(`${BASE}/health`)).json();
-  return health.subscriptions;
+  const status = await (await fetch(STATUS_URL)).json();
+  return status.subscriptions;
 }
 
 /** Collects the values a subscription delivers, and lets a test wait for a number of them. */

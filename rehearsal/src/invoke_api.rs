@@ -19,23 +19,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::lambda::{Function, Invocation};
 
-/// Serves the Invoke API for `functions` (by function name) on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    functions: HashMap<String, Function>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let app = Router::new()
+/// The Invoke API for `functions` (by function name).
+pub fn router(functions: HashMap<String, Function>) -> Router {
+    Router::new()
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
-        .with_state(Arc::new(functions));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+        .with_state(Arc::new(functions))
 }
 
 async fn invoke(

@@ -10,6 +10,7 @@
 //!   throttles, and fails writes, as AWS can and moto does not.
 //! - [`stack`]: [`Rehearsal`](stack::Rehearsal), everything above wired as AWS wires it.
 //! - [`invoke_api`]: Lambda's Invoke API for the functions (`aws lambda invoke`).
+//! - [`status`]: what the deployment holds (open subscriptions), for tests and the curious.
 //! - [`lambda`]: a function as a pool of execution environments (processes) under a Runtime
 //!   API: one invocation each at a time, timeouts, crashes and cold starts as on Lambda.
 
@@ -20,6 +21,7 @@ pub mod invoke_api;
 pub mod lambda;
 pub mod resources;
 pub mod stack;
+pub mod status;
 pub mod stream_mapping;
 pub mod template;
 pub mod websocket_api;

@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::async_invoke::{self, AsyncInvoker, AsyncSettings, AsyncTarget};
 use crate::faults::{self, Faults, Injected};
 use crate::http_api::{self, HttpApiSettings};
-use crate::invoke_api;
 use crate::lambda::{Function, FunctionSpec};
 use crate::resources::{self, Created};
 use crate::stream_mapping::{self, StreamMapping, StreamMappingSettings};
 use crate::template::{self, Template};
 use crate::websocket_api::{self, WebSocketApi, WebSocketSettings};
+use crate::{invoke_api, status};
 
 /// How to run the rehearsal.
 #[derive(Debug, Clone)]
@@ -89,7 +89,8 @@ pub struct Rehearsal {
     pub websocket_url: String,
     /// The WebSocket API's Management API (`@connections`).
     pub management_endpoint: String,
-    /// The Lambda Invoke API (`AWS_ENDPOINT_URL_LAMBDA` for the AWS CLI and SDKs).
+    /// The Lambda Invoke API (`AWS_ENDPOINT_URL_LAMBDA` for the AWS CLI and SDKs), and the
+    /// rehearsal's status at `/rehearsal/status`.
     pub lambda_endpoint: String,
     /// The emulator (moto server): DynamoDB, Streams, EventBridge, SQS.
     pub emulator: String,
@@ -260,11 +261,21 @@ impl Rehearsal {
             .values()
             .map(|f| (f.name().to_owned(), f.clone()))
             .collect();
-        tokio::spawn(invoke_api::serve(
-            lambda_listener,
-            by_name,
-            shutdown.clone(),
+        let connections_table = created
+            .tables
+            .get("ConnectionsTable")
+            .map(|t| t.name.clone())
+            .context("template.yaml has no ConnectionsTable")?;
+        let app = invoke_api::router(by_name).merge(status::router(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            connections_table,
         ));
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(lambda_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
 
         Ok(Self {
             http_url,

@@ -135,13 +135,10 @@ impl Created {
         self.queues.values().find(|q| q.arn == arn)
     }
 
-    /// Evaluates the template's `Conditions` section (`!Not`, `!Equals`, `!And`, `!Or`,
-    /// `!Condition`) against the parameters and stores the results in [`Names::conditions`],
-    /// where `!If` finds them.
-    ///
-    /// [`create`] cannot do this itself while [`Template`] offers no access to its
-    /// `Conditions` section: until it does, the caller passes the section, e.g.
-    /// `serde_yaml::from_str::<serde_yaml::Value>(&text)?["Conditions"]`.
+    /// Evaluates a `Conditions` section (`!Not`, `!Equals`, `!And`, `!Or`, `!Condition`)
+    /// against the names as they are now, into [`Names::conditions`], where `!If` finds them.
+    /// [`create`] has already done so for the template's own section: call this only to
+    /// evaluate again after changing the parameters' values in [`Created::names_mut`].
     pub fn evaluate_conditions(
         &mut self,
         template: &Template,
@@ -187,6 +184,8 @@ pub async fn create_with_parameters(
             .with_context(|| format!("parameter {parameter} has no default and no value"))?;
         created.names.refs.insert(parameter, value);
     }
+    created.names.conditions =
+        evaluate_conditions(template, template.section("Conditions"), &created.names)?;
 
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     for id in template.resources_of_type("AWS::DynamoDB::Table") {
@@ -828,12 +827,6 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml")
     }
 
-    fn conditions() -> anyhow::Result<serde_yaml::Value> {
-        let text = std::fs::read_to_string(template_path())?;
-        let root: serde_yaml::Value = serde_yaml::from_str(&text)?;
-        Ok(root["Conditions"].clone())
-    }
-
     fn names_with(refs: &[(&str, &str)]) -> Names {
         Names {
             refs: refs
@@ -858,11 +851,12 @@ mod tests {
     #[test]
     fn has_jwt_follows_the_jwt_issuer_parameter() -> anyhow::Result<()> {
         let template = Template::load(&template_path())?;
-        let open = evaluate_conditions(&template, &conditions()?, &parameters(&template, &[]))?;
+        let conditions = template.section("Conditions");
+        let open = evaluate_conditions(&template, conditions, &parameters(&template, &[]))?;
         assert_eq!(open.get("HasJwt"), Some(&false));
         let guarded = evaluate_conditions(
             &template,
-            &conditions()?,
+            conditions,
             &parameters(&template, &[("JwtIssuer", "https://issuer.example")]),
         )?;
         assert_eq!(guarded.get("HasJwt"), Some(&true));
@@ -943,6 +937,8 @@ mod tests {
             &HashMap::from([("EventBusName".to_owned(), bus.clone())]),
         )
         .await?;
+
+        assert_eq!(created.names().conditions.get("HasJwt"), Some(&false));
 
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
         let declared = |resource_type: &str| {

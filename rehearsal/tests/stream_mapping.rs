@@ -670,3 +670,222 @@ async fn unlimited(endpoint: &str) -> anyhow::Result<()> {
     running.stop().await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several shards, one closed with a child: moto never splits a shard, so this runs against a
+// small stand-in for the DynamoDB Streams API on 127.0.0.1.
+// ---------------------------------------------------------------------------------------------
+
+/// A shard of the stand-in stream: its records as (sequence number, book).
+struct FakeShard {
+    id: &'static str,
+    parent: Option<&'static str>,
+    records: Vec<(&'static str, &'static str)>,
+    closed: bool,
+}
+
+const FAKE_STREAM: &str =
+    "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000";
+
+/// DescribeStream, GetShardIterator and GetRecords (awsJson 1.0) over `shards`; an iterator is
+/// `<shard>|<index of the next record>`, and a closed shard's last read gives no next iterator.
+async fn fake_streams_api(
+    axum::extract::State(shards): axum::extract::State<Arc<Vec<FakeShard>>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let request: Value = serde_json::from_str(&body).unwrap_or_default();
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default();
+    let shard = |id: &str| shards.iter().find(|s| s.id == id);
+    let response = match target.rsplit('.').next().unwrap_or_default() {
+        "DescribeStream" => json!({ "StreamDescription": {
+            "StreamArn": FAKE_STREAM,
+            "StreamStatus": "ENABLED",
+            "Shards": shards.iter().map(|s| {
+                let mut range = json!({ "StartingSequenceNumber": s.records.first().map(|r| r.0) });
+                if s.closed {
+                    range["EndingSequenceNumber"] = json!(s.records.last().map(|r| r.0));
+                }
+                json!({ "ShardId": s.id, "ParentShardId": s.parent, "SequenceNumberRange": range })
+            }).collect::<Vec<_>>(),
+        }}),
+        "GetShardIterator" => {
+            let id = request["ShardId"].as_str().unwrap_or_default();
+            let records = shard(id).map(|s| s.records.as_slice()).unwrap_or_default();
+            let index = match request["ShardIteratorType"].as_str() {
+                Some("AFTER_SEQUENCE_NUMBER") => records
+                    .iter()
+                    .position(|r| Some(r.0) == request["SequenceNumber"].as_str())
+                    .map_or(records.len(), |i| i + 1),
+                Some("LATEST") => records.len(),
+                _ => 0,
+            };
+            json!({ "ShardIterator": format!("{id}|{index}") })
+        }
+        "GetRecords" => {
+            let iterator = request["ShardIterator"].as_str().unwrap_or_default();
+            let (id, index) = iterator.split_once('|').unwrap_or_default();
+            let index: usize = index.parse().unwrap_or_default();
+            let limit = request["Limit"].as_u64().unwrap_or(1000) as usize;
+            let Some(s) = shard(id) else {
+                return (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/x-amz-json-1.0",
+                    )],
+                    "{}".to_owned(),
+                );
+            };
+            let end = (index + limit).min(s.records.len());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            let records: Vec<Value> = s.records[index.min(end)..end]
+                .iter()
+                .map(|(sequence, book)| {
+                    json!({
+                        "eventID": format!("e{sequence}"),
+                        "eventName": "INSERT",
+                        "eventVersion": "1.1",
+                        "eventSource": "aws:dynamodb",
+                        "awsRegion": "us-east-1",
+                        "dynamodb": {
+                            "ApproximateCreationDateTime": now,
+                            "Keys": { "name": { "S": book } },
+                            "SequenceNumber": sequence,
+                            "SizeBytes": 10,
+                            "StreamViewType": "KEYS_ONLY",
+                        },
+                    })
+                })
+                .collect();
+            let mut output = json!({ "Records": records });
+            if !(s.closed && end == s.records.len()) {
+                output["NextShardIterator"] = json!(format!("{id}|{end}"));
+            }
+            output
+        }
+        other => json!({ "__type": "UnknownOperationException", "message": other }),
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/x-amz-json-1.0",
+        )],
+        response.to_string(),
+    )
+}
+
+/// Every shard is read, each with its own batches; a child shard only once its closed parent
+/// is read to its end and every record of it is done with (here: after a failed batch of the
+/// parent was retried).
+#[tokio::test]
+async fn a_parent_shard_is_done_with_before_its_child_and_every_shard_is_read() -> anyhow::Result<()>
+{
+    let shards = Arc::new(vec![
+        FakeShard {
+            id: "shard-child",
+            parent: Some("shard-parent"),
+            records: vec![("200", "b3")],
+            closed: false,
+        },
+        FakeShard {
+            id: "shard-other",
+            parent: None,
+            records: vec![("300", "x1")],
+            closed: false,
+        },
+        FakeShard {
+            id: "shard-parent",
+            parent: None,
+            records: vec![("100", "b1"), ("101", "b2")],
+            closed: true,
+        },
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(fake_streams_api))
+        .with_state(shards);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sdk = testing::moto::sdk_config(&url).await;
+
+    let settings = StreamMappingSettings {
+        function_name: "f".to_owned(),
+        function_arn: "arn:aws:lambda:us-east-1:123456789012:function:f".to_owned(),
+        stream_arn: FAKE_STREAM.to_owned(),
+        starting_position: stream_mapping::StartingPosition::TrimHorizon,
+        batch_size: 10,
+        batching_window: Duration::ZERO,
+        report_batch_item_failures: true,
+        bisect_batch_on_function_error: false,
+        maximum_retry_attempts: None,
+        maximum_record_age: None,
+        parallelization_factor: 1,
+        on_failure: None,
+        poll_interval: Duration::from_millis(10),
+        retention: Duration::from_secs(86_400),
+        max_payload_bytes: 6 * 1024 * 1024,
+        shard_discovery_interval: Duration::from_millis(20),
+    };
+    // The parent's batch fails twice before it succeeds.
+    let parent_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let function = Scripted::new(move |_, records| {
+        if holds(records, "b1") && parent_calls.fetch_add(1, Ordering::SeqCst) < 2 {
+            error("Runtime.ExitError")
+        } else {
+            ok()
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let mapping = stream_mapping::start(
+        settings,
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(&sdk),
+        function.clone(),
+        shutdown.clone(),
+    );
+    let progress = mapping.wait_until_idle(IDLE).await?;
+    shutdown.cancel();
+    mapping.stopped().await;
+    server.abort();
+
+    let calls = function.names();
+    let parent_done = calls
+        .iter()
+        .rposition(|c| c.contains(&"b1".to_owned()))
+        .context("the parent was not read")?;
+    let child = calls
+        .iter()
+        .position(|c| c.contains(&"b3".to_owned()))
+        .context("the child was not read")?;
+    assert!(parent_done < child, "{calls:?}");
+    assert!(calls.contains(&vec!["x1".to_owned()]), "{calls:?}");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.contains(&"b3".to_owned()))
+            .count(),
+        1
+    );
+    let parent = &progress.shards["shard-parent"];
+    assert!(parent.finished);
+    assert_eq!(parent.checkpoint.as_deref(), Some("101"));
+    assert_eq!(
+        progress.shards["shard-child"].parent_shard_id.as_deref(),
+        Some("shard-parent")
+    );
+    assert_eq!(
+        progress.shards["shard-child"].checkpoint.as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        progress.shards["shard-other"].checkpoint.as_deref(),
+        Some("300")
+    );
+    Ok(())
+}

@@ -6,6 +6,13 @@
 //! with every setting read from `template.yaml`.
 //!
 //! - [`template`]: `template.yaml` and its intrinsics, resolved against what was created.
+//! - [`resources`]: what the template declares, created on moto, and the names intrinsics
+//!   resolve to.
+//! - [`stream_mapping`]: Lambda's event source mapping for DynamoDB Streams.
+//! - [`async_invoke`]: EventBridge rule targets invoking Lambda asynchronously: both retry
+//!   layers and their dead letters.
+//! - [`http_api`], [`websocket_api`]: API Gateway's HTTP API (payload format 2.0) and
+//!   WebSocket API with its `@connections` Management API.
 //! - [`faults`]: a proxy between the functions and moto that refuses PutEvents entries,
 //!   throttles, and fails writes, as AWS can and moto does not.
 //! - [`stack`]: [`Rehearsal`](stack::Rehearsal), everything above wired as AWS wires it.

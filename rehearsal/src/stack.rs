@@ -134,8 +134,6 @@ impl Rehearsal {
         let sdk = sdk_config(&emulator).await;
 
         let mut created = resources::create(&template, &sdk, &options.stack).await?;
-        let conditions = template.section("Conditions").clone();
-        created.evaluate_conditions(&template, &conditions)?;
 
         // The API Gateway APIs are emulated here, not created on the emulator: their ids are
         // fixed, for the intrinsics that name them.

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -95,6 +95,15 @@ impl Invoke for Function {
     }
 }
 
+/// A cold start, as [`Function::warm`] measured it.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdStart {
+    /// From starting the process to its first request for work.
+    pub first_poll: Duration,
+    /// The environment's process.
+    pub pid: Option<u32>,
+}
+
 /// A function: its environments and the invocations in flight. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Function {
@@ -137,10 +146,25 @@ impl Function {
 
     /// Starts one environment ahead of the first invocation (a provisioned cold start), so a
     /// configuration error shows at once.
-    pub async fn warm(&self) -> anyhow::Result<()> {
-        let environment = Environment::start(&self.inner.spec).await?;
+    /// What it measured: the cold start (exec → first poll of the Runtime API) and the
+    /// process id, to read its resource use.
+    pub async fn warm(&self) -> anyhow::Result<ColdStart> {
+        let mut environment = Environment::start(&self.inner.spec).await?;
+        let mut polled = environment.api.first_poll.subscribe();
+        let first_poll = tokio::select! {
+            polled = polled.wait_for(Option::is_some) => {
+                polled.ok().and_then(|at| *at).map(|at| at - environment.started)
+            }
+            _ = environment.exited.wait_for(Option::is_some) => None,
+        };
+        let first_poll = first_poll
+            .with_context(|| format!("{} exited before it asked for work", self.inner.spec.name))?;
+        let cold = ColdStart {
+            first_poll,
+            pid: environment.pid(),
+        };
         lock(&self.inner.idle).push(environment);
-        Ok(())
+        Ok(cold)
     }
 
     /// Invokes the function synchronously (`RequestResponse`) and waits for how it ended.
@@ -208,6 +232,7 @@ type Job = (String, Value, oneshot::Sender<Invocation>);
 /// One execution environment: a process of the bootstrap and its own Runtime API.
 #[derive(Debug)]
 struct Environment {
+    started: Instant,
     pid: Option<u32>,
     stop: Option<oneshot::Sender<()>>,
     jobs: mpsc::Sender<Job>,
@@ -222,6 +247,8 @@ struct Api {
     jobs: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
     init_error: Mutex<Option<Value>>,
+    /// When the process first asked for work.
+    first_poll: watch::Sender<Option<Instant>>,
     function_arn: String,
     timeout: Duration,
 }
@@ -233,6 +260,7 @@ impl Environment {
             jobs: tokio::sync::Mutex::new(receiver),
             waiting: Mutex::new(HashMap::new()),
             init_error: Mutex::new(None),
+            first_poll: watch::Sender::new(None),
             function_arn: format!(
                 "arn:aws:lambda:us-east-1:123456789012:function:{}",
                 spec.name
@@ -257,6 +285,7 @@ impl Environment {
             let _ = axum::serve(listener, app).await;
         });
 
+        let started = Instant::now();
         let mut child = Command::new(&spec.binary)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -326,6 +355,7 @@ impl Environment {
             let _ = exited_tx.send(Some(text));
         });
         Ok(Self {
+            started,
             pid,
             stop: Some(stop),
             jobs,
@@ -394,6 +424,11 @@ impl Drop for Environment {
 }
 
 async fn next(State(api): State<Arc<Api>>) -> Response {
+    api.first_poll.send_if_modified(|first| {
+        let unset = first.is_none();
+        first.get_or_insert_with(Instant::now);
+        unset
+    });
     let job = api.jobs.lock().await.recv().await;
     let Some((id, event, done)) = job else {
         return StatusCode::GONE.into_response();

@@ -81,12 +81,13 @@ async fn mapping() {
     ));
     let activity: Arc<dyn consumers::ActivityStore> = activity;
     let routes = outboxdemo::bus::Route::consumers(&activity);
+    let poison = outboxdemo::stream::StreamDeadLetters(Arc::clone(&db));
     let bus = outboxdemo::bus::LocalBus::new(db, "bench", routes, Default::default());
     let mut samples = Vec::new();
     for round in 0..50 {
         let event = batch(round * 100);
         let started = Instant::now();
-        let response = processor::handle_batch(event, &bus).await;
+        let response = processor::handle_batch(event, &bus, &poison).await;
         samples.push(started.elapsed());
         assert!(response.batch_item_failures.is_empty());
     }

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::error::DisplayErrorContext;
 use aws_sdk_eventbridge::types::{PutEventsRequestEntry, PutEventsResultEntry};
+use domain::BookName;
 
 use crate::mapping::OutboxEvent;
 use crate::publisher::{EventPublisher, PublishError};
@@ -16,13 +17,43 @@ pub const MAX_ENTRIES_PER_CALL: usize = 10;
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Publishes to an EventBridge bus: call after call in the events' order, each of at most ten
-/// entries and 256 KiB, checking every entry's result and retrying the refused ones with
-/// backoff and jitter.
+/// entries and 256 KiB and never two changes of one book, checking every entry's result and
+/// retrying the refused ones with backoff and jitter. A call is sent only once every entry of
+/// the call before it is on the bus.
 ///
-/// Order within a call is not kept when an entry is refused: EventBridge ingests a call's
-/// entries independently, so a retried entry lands after the later entries of its call that
-/// were accepted the first time. (EventBridge does not promise delivery order in any case;
-/// consumers dedupe on `metadata.eventId` and must not rely on the order of events.)
+/// **Order at the bus.** Each book's changes are put on the bus in commit order, also when
+/// EventBridge refuses an entry. EventBridge ingests a call's entries independently: when one
+/// fails it goes on with the rest
+/// (<https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-putevents.html>, "Handling
+/// failures with PutEvents"), so a refused entry, once retried, lands after the later entries
+/// of its call that were accepted. Since a call holds at most one change per book (see
+/// [`chunks`]), only other books' changes can overtake it; its book's next change is in a
+/// later call, which waits for it. If it never gets in, nothing after its call is sent, the
+/// stream retries from its record, and the book's later changes follow it again. The stream
+/// hands over each book's changes in commit order to begin with
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Streams.html>: "for each
+/// item that is modified ... the stream records appear in the same sequence as the actual
+/// modifications"). Precisely: the first time each change of a book is put on the bus, all its
+/// earlier changes are already there. A change can be put again later (its batch retried after
+/// a refusal, a crash or a timeout), with the same `metadata.eventId`; a consumer that ignores
+/// an `eventId` it has seen sees each book's changes, as published, in commit order.
+///
+/// **Order at the targets is not promised.** EventBridge does not promise to deliver events in
+/// the order they were put: a delivery that fails is retried for up to 24 hours with backoff and
+/// jitter while later events go on
+/// (<https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-rule-retry-policy.html>), and
+/// the targets (asynchronous Lambda invocation, SQS standard queues) do not keep order either.
+/// So a consumer can still receive a book's `removed` before its `added`, or one change twice:
+/// consumers dedupe on `metadata.eventId` and must not infer a book's state from the order
+/// events arrive in (the activity consumers record each event once, whatever the order).
+///
+/// **Cost.** Keeping a book's changes in separate calls costs calls only when a batch holds
+/// several changes of one book. A batch of 100 changes of 100 books takes 10 calls, as with
+/// the limits alone; changes of few books take more, at least as many as the most changes one
+/// book has in the batch: 100 changes alternating between two books take 50 calls, 100
+/// changes of one book 100 calls. Calls are sequential round trips, so such a batch takes
+/// that much longer to publish. ([`chunks`] splits greedily, which makes the fewest calls any
+/// in-order split under these rules can.)
 #[derive(Debug, Clone)]
 pub struct EventBridgePublisher {
     client: Client,
@@ -51,23 +82,24 @@ impl EventBridgePublisher {
         }
     }
 
-    /// The entry for one event.
-    pub fn entry(&self, event: &OutboxEvent) -> Result<PutEventsRequestEntry, serde_json::Error> {
-        Ok(PutEventsRequestEntry::builder()
-            .event_bus_name(&self.bus_name)
-            .source(event.source())
-            .detail_type(event.detail_type.as_str())
-            .detail(event.detail_json()?)
-            .build())
+    /// The entry for one event, with its book.
+    pub fn entry(&self, event: &OutboxEvent) -> Result<BookEntry, serde_json::Error> {
+        Ok(BookEntry {
+            book: event.envelope.data.name.clone(),
+            request: PutEventsRequestEntry::builder()
+                .event_bus_name(&self.bus_name)
+                .source(event.source())
+                .detail_type(event.detail_type.as_str())
+                .detail(event.detail_json()?)
+                .build(),
+        })
     }
 
-    /// Puts `entries` in order. On failure, names the first entry that is not on the bus;
-    /// every entry before it is. Calls stop at the first call that cannot be completed, so
-    /// nothing after a failed entry's call is sent.
-    pub async fn put_entries(
-        &self,
-        entries: Vec<PutEventsRequestEntry>,
-    ) -> Result<(), PublishError> {
+    /// Puts `entries` in order, in the calls [`chunks`] makes. On failure, names the first
+    /// entry that is not on the bus; every entry before it is. Calls stop at the first call
+    /// that cannot be completed, so nothing after a failed entry's call is sent — which is
+    /// what keeps each book's changes in order (see [`EventBridgePublisher`]).
+    pub async fn put_entries(&self, entries: Vec<BookEntry>) -> Result<(), PublishError> {
         let mut offset = 0;
         for chunk in chunks(entries) {
             let len = chunk.len();
@@ -84,10 +116,13 @@ impl EventBridgePublisher {
 
     /// Puts one call's worth of entries, retrying what fails; on failure the index of the
     /// first entry that could not be put.
-    async fn put_chunk(&self, chunk: Vec<PutEventsRequestEntry>) -> Result<(), (usize, String)> {
+    async fn put_chunk(&self, chunk: Vec<BookEntry>) -> Result<(), (usize, String)> {
         // (index in chunk, entry) of the entries still to put.
-        let mut pending: Vec<(usize, PutEventsRequestEntry)> =
-            chunk.into_iter().enumerate().collect();
+        let mut pending: Vec<(usize, PutEventsRequestEntry)> = chunk
+            .into_iter()
+            .map(|entry| entry.request)
+            .enumerate()
+            .collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -199,16 +234,34 @@ fn refused(results: &[PutEventsResultEntry], indexes: &[usize]) -> Vec<(usize, S
         .collect()
 }
 
+/// One event's `PutEvents` entry and the book it is a change of, which [`chunks`] needs to
+/// keep a book's changes in separate calls.
+#[derive(Debug, Clone)]
+pub struct BookEntry {
+    /// The book (`data.name` of the event).
+    pub book: BookName,
+    /// The entry as sent.
+    pub request: PutEventsRequestEntry,
+}
+
 /// Splits entries, in order, into calls of at most [`MAX_ENTRIES_PER_CALL`] entries and
-/// [`MAX_REQUEST_BYTES`]. (An entry too big on its own goes alone, and EventBridge refuses it.)
-pub fn chunks(entries: Vec<PutEventsRequestEntry>) -> Vec<Vec<PutEventsRequestEntry>> {
-    let mut chunks: Vec<Vec<PutEventsRequestEntry>> = Vec::new();
+/// [`MAX_REQUEST_BYTES`], none holding two entries of the same book: a call ends before an
+/// entry that would break one of these. (An entry too big on its own goes alone, and
+/// EventBridge refuses it.)
+///
+/// The calls, one after the other, hold the entries in their order, so an index into the
+/// flattened calls is an index into `entries`. A greedy split like this one makes the fewest
+/// calls: every rule that holds for a run of entries holds for any shorter run inside it.
+pub fn chunks(entries: Vec<BookEntry>) -> Vec<Vec<BookEntry>> {
+    let mut chunks: Vec<Vec<BookEntry>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
-        let size = entry_size(&entry);
+        let size = entry_size(&entry.request);
         match chunks.last_mut() {
             Some(chunk)
-                if chunk.len() < MAX_ENTRIES_PER_CALL && bytes + size <= MAX_REQUEST_BYTES =>
+                if chunk.len() < MAX_ENTRIES_PER_CALL
+                    && bytes + size <= MAX_REQUEST_BYTES
+                    && chunk.iter().all(|other| other.book != entry.book) =>
             {
                 bytes += size;
                 chunk.push(entry);
@@ -224,27 +277,140 @@ pub fn chunks(entries: Vec<PutEventsRequestEntry>) -> Vec<Vec<PutEventsRequestEn
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn entry(detail_bytes: usize) -> PutEventsRequestEntry {
-        PutEventsRequestEntry::builder()
-            .source("s")
-            .detail_type("d")
-            .detail("x".repeat(detail_bytes))
-            .build()
+    /// An entry of `book` whose detail is `detail_bytes` long; `source` tells entries apart.
+    fn entry_of(id: usize, book: &str, detail_bytes: usize) -> BookEntry {
+        BookEntry {
+            book: BookName::parse(book).unwrap(),
+            request: PutEventsRequestEntry::builder()
+                .source(format!("s{id}"))
+                .detail_type("d")
+                .detail("x".repeat(detail_bytes))
+                .build(),
+        }
+    }
+
+    /// Entries of all-different books.
+    fn entry(detail_bytes: usize) -> BookEntry {
+        entry_of(detail_bytes, &format!("book {detail_bytes}"), detail_bytes)
+    }
+
+    fn ids(entries: &[BookEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.request.source().unwrap().to_owned())
+            .collect()
+    }
+
+    fn calls(books: impl IntoIterator<Item = String>) -> usize {
+        let entries: Vec<_> = books
+            .into_iter()
+            .enumerate()
+            .map(|(id, book)| entry_of(id, &book, 200))
+            .collect();
+        chunks(entries).len()
     }
 
     #[test]
     fn chunks_hold_at_most_ten_entries_in_order() {
         let entries: Vec<_> = (0..25).map(entry).collect();
-        let sizes: Vec<_> = chunks(entries).iter().map(Vec::len).collect();
-        assert_eq!(sizes, [10, 10, 5]);
-        let flattened: Vec<_> = chunks((0..25).map(entry).collect())
-            .into_iter()
-            .flatten()
-            .map(|e| e.detail().unwrap().len())
+        let expected = ids(&entries);
+        let chunks = chunks(entries);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+        assert_eq!(ids(&chunks.concat()), expected);
+    }
+
+    #[test]
+    fn a_call_never_holds_two_changes_of_one_book() {
+        // Dune added, Emma added, Dune removed, Dune added again, Ubik added.
+        let entries = vec![
+            entry_of(0, "Dune", 10),
+            entry_of(1, "Emma", 10),
+            entry_of(2, "Dune", 10),
+            entry_of(3, "Dune", 10),
+            entry_of(4, "Ubik", 10),
+        ];
+        let calls: Vec<Vec<String>> = chunks(entries).iter().map(|c| ids(c)).collect();
+        assert_eq!(calls, [vec!["s0", "s1"], vec!["s2"], vec!["s3", "s4"]]);
+    }
+
+    /// The cost, in calls, of keeping a book's changes apart (the figures in the
+    /// [`EventBridgePublisher`] doc).
+    #[test]
+    fn changes_of_few_books_take_more_calls() {
+        let book = |i: usize| format!("book {i}");
+        assert_eq!(calls((0..100).map(book)), 10, "100 books: as before");
+        assert_eq!(
+            calls((0..100).map(|i| book(i % 10))),
+            10,
+            "10 books in turn"
+        );
+        assert_eq!(calls((0..100).map(|i| book(i % 2))), 50, "2 books in turn");
+        assert_eq!(calls((0..100).map(|_| book(0))), 100, "1 book");
+        assert_eq!(
+            calls((0..100).map(|i| book(i / 20))),
+            96,
+            "5 books, 20 in a row each"
+        );
+    }
+
+    #[test]
+    fn chunks_stay_under_the_request_size_limit() {
+        let big = 100 * 1024;
+        let sizes: Vec<_> = chunks(vec![entry(big), entry(big + 1), entry(big + 2), entry(10)])
+            .iter()
+            .map(Vec::len)
             .collect();
-        assert_eq!(flattened, (0..25).collect::<Vec<_>>());
+        assert_eq!(sizes, [2, 2]);
+        assert!(chunks(Vec::new()).is_empty());
+    }
+
+    /// Sequences of (book, detail size): few books, so that they repeat, and sizes up to more
+    /// than the request limit, so that every rule ends calls.
+    fn any_entries() -> impl Strategy<Value = Vec<BookEntry>> {
+        let size =
+            prop_oneof![4 => 0..2_000usize, 2 => 20_000..120_000usize, 1 => 250_000..300_000usize];
+        prop::collection::vec((0..6usize, size), 0..80).prop_map(|entries| {
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(id, (book, size))| entry_of(id, &format!("book {book}"), size))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_keep_order_and_limits_and_never_repeat_a_book(entries in any_entries()) {
+            let expected = ids(&entries);
+            let chunks = chunks(entries);
+            prop_assert_eq!(ids(&chunks.concat()), expected, "in order, none lost or added");
+            for chunk in &chunks {
+                prop_assert!(!chunk.is_empty());
+                prop_assert!(chunk.len() <= MAX_ENTRIES_PER_CALL);
+                let bytes: usize = chunk.iter().map(|e| entry_size(&e.request)).sum();
+                prop_assert!(chunk.len() == 1 || bytes <= MAX_REQUEST_BYTES, "{} bytes", bytes);
+                for (i, entry) in chunk.iter().enumerate() {
+                    prop_assert!(
+                        chunk[..i].iter().all(|other| other.book != entry.book),
+                        "{} twice in one call", entry.book
+                    );
+                }
+            }
+            // No call ends early: the next call's first entry would break a rule.
+            for pair in chunks.windows(2) {
+                let (chunk, next) = (&pair[0], &pair[1][0]);
+                let bytes: usize = chunk.iter().map(|e| entry_size(&e.request)).sum();
+                prop_assert!(
+                    chunk.len() == MAX_ENTRIES_PER_CALL
+                        || bytes + entry_size(&next.request) > MAX_REQUEST_BYTES
+                        || chunk.iter().any(|other| other.book == next.book)
+                );
+            }
+        }
     }
 
     #[test]
@@ -260,16 +426,5 @@ mod tests {
         let short = refused(&[ok], &[4, 7, 9]);
         assert_eq!(short.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 9]);
         assert!(short[0].1.contains("1 results for 3 entries"), "{short:?}");
-    }
-
-    #[test]
-    fn chunks_stay_under_the_request_size_limit() {
-        let big = 100 * 1024;
-        let sizes: Vec<_> = chunks(vec![entry(big), entry(big), entry(big), entry(10)])
-            .iter()
-            .map(Vec::len)
-            .collect();
-        assert_eq!(sizes, [2, 2]);
-        assert!(chunks(Vec::new()).is_empty());
     }
 }

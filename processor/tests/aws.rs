@@ -8,6 +8,7 @@ use aws_lambda_events::dynamodb::Event;
 use aws_sdk_dynamodb::types::ReturnValue;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use domain::{Authors, Book, BookName, PublishedYear, item};
+use processor::eventbridge::BookEntry;
 use processor::{
     EventBridgePublisher, EventPublisher, OutboxEvent, PoisonRecord, PublishError,
     SqsPoisonRecords, handle_batch,
@@ -195,8 +196,21 @@ async fn committed_changes_reach_the_rules_targets_as_contract_events_in_order()
     assert_eq!(removed[0]["detail-type"], "outboxdemo.removed");
 }
 
-/// The real publisher, except that the event of one book gets a detail EventBridge refuses —
-/// the way to make the emulator fail one entry of a call, as EventBridge sometimes does.
+/// The entry for `event` with a detail EventBridge refuses — the way to make the emulator fail
+/// one entry of a call, as EventBridge sometimes does.
+fn refused_entry(publisher: &EventBridgePublisher, event: &OutboxEvent) -> BookEntry {
+    let mut entry = publisher.entry(event).unwrap();
+    let request = &entry.request;
+    entry.request = PutEventsRequestEntry::builder()
+        .set_event_bus_name(request.event_bus_name().map(str::to_owned))
+        .set_source(request.source().map(str::to_owned))
+        .set_detail_type(request.detail_type().map(str::to_owned))
+        .detail("{not json")
+        .build();
+    entry
+}
+
+/// The real publisher, except that the event of one book is refused.
 struct RefusingOne {
     inner: EventBridgePublisher,
     refused: &'static str,
@@ -205,19 +219,40 @@ struct RefusingOne {
 #[async_trait]
 impl EventPublisher for RefusingOne {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
-        let entries: Vec<PutEventsRequestEntry> = events
+        let entries: Vec<BookEntry> = events
             .iter()
             .map(|event| {
-                let entry = self.inner.entry(event).unwrap();
                 if event.envelope.data.name.as_str() == self.refused {
-                    PutEventsRequestEntry::builder()
-                        .set_event_bus_name(entry.event_bus_name().map(str::to_owned))
-                        .set_source(entry.source().map(str::to_owned))
-                        .set_detail_type(entry.detail_type().map(str::to_owned))
-                        .detail("{not json")
-                        .build()
+                    refused_entry(&self.inner, event)
                 } else {
-                    entry
+                    self.inner.entry(event).unwrap()
+                }
+            })
+            .collect();
+        self.inner.put_entries(entries).await
+    }
+}
+
+/// The real publisher, except that it refuses the first event of each book whose next change
+/// is in the same batch: the refusal that, inside one call, would let the next change overtake it.
+struct RefusingOvertaken {
+    inner: EventBridgePublisher,
+}
+
+#[async_trait]
+impl EventPublisher for RefusingOvertaken {
+    async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        let book = |event: &OutboxEvent| event.envelope.data.name.clone();
+        let entries: Vec<BookEntry> = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let first = events[..i].iter().all(|e| book(e) != book(event));
+                let next_in_batch = events[i + 1..].iter().any(|e| book(e) == book(event));
+                if first && next_in_batch {
+                    refused_entry(&self.inner, event)
+                } else {
+                    self.inner.entry(event).unwrap()
                 }
             })
             .collect();
@@ -269,6 +304,76 @@ async fn a_refused_entry_becomes_the_batch_item_failure_and_the_ones_before_it_a
     assert_eq!(ids("C").len(), 2);
     assert_eq!(ids("C")[0], ids("C")[1]);
     assert_eq!(ids("B"), [&records[1]["eventID"]]);
+}
+
+#[tokio::test]
+async fn a_refused_entry_is_never_overtaken_by_a_later_change_of_its_book() {
+    let endpoint = testing::emulator!();
+    let fixture = Fixture::new(&endpoint).await;
+    // One queue behind the rule that routes every kind of change, so delivery order covers
+    // a book's added and removed events alike.
+    let config = moto::sdk_config(&endpoint).await;
+    let bus = TemplateBus::create(&config, &["NotifierRule"])
+        .await
+        .unwrap();
+    let publisher = EventBridgePublisher::new(bus.events.clone(), &bus.name);
+    fixture.put(&book("Dune", 1965)).await;
+    fixture.put(&book("Emma", 1815)).await;
+    fixture.delete("Dune").await;
+    fixture.put(&book("Dune", 1966)).await;
+    fixture.put(&book("Ubik", 1969)).await;
+    let records = fixture.stream_records().await;
+    let event_ids: Vec<&Value> = records.iter().map(|r| &r["eventID"]).collect();
+
+    // Dune's first change is refused; its next two are in the same batch.
+    let refusing = RefusingOvertaken {
+        inner: publisher.clone(),
+    };
+    let response = handle_batch(event(&records), &refusing, &fixture.poison).await;
+    assert_eq!(
+        failures(&response),
+        [records[0]["dynamodb"]["SequenceNumber"].as_str().unwrap()]
+    );
+    let first_try = bus.delivered("NotifierRule").await.unwrap();
+    // Lambda retries from the failed record; this time it goes through.
+    let response = handle_batch(event(&records), &publisher, &fixture.poison).await;
+    assert!(failures(&response).is_empty(), "{response:?}");
+    let delivered = [
+        first_try.clone(),
+        bus.delivered("NotifierRule").await.unwrap(),
+    ]
+    .concat();
+
+    // Each book's events in delivery order, as positions in the stream (commit order).
+    for name in ["Dune", "Emma", "Ubik"] {
+        let positions: Vec<usize> = delivered
+            .iter()
+            .filter(|e| e["detail"]["data"]["name"] == name)
+            .map(|e| {
+                let id = &e["detail"]["metadata"]["eventId"];
+                event_ids.iter().position(|known| *known == id).unwrap()
+            })
+            .collect();
+        assert!(
+            positions.is_sorted(),
+            "{name}'s events were delivered out of commit order: {positions:?}"
+        );
+        let mut committed: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["dynamodb"]["Keys"]["name"]["S"] == name)
+            .map(|(i, _)| i)
+            .collect();
+        let mut seen = positions.clone();
+        seen.dedup();
+        committed.sort_unstable();
+        assert_eq!(seen, committed, "every change of {name}, once after dedupe");
+    }
+    assert_eq!(
+        names(&first_try),
+        ["Emma"],
+        "of the refused entry's call, only another book's change went through, and no later call"
+    );
 }
 
 #[tokio::test]

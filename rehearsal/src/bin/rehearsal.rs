@@ -77,7 +77,12 @@ async fn main() -> anyhow::Result<()> {
         cli.log_dir.display()
     );
     println!("Ctrl-C stops it.");
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C, or SIGTERM (a supervisor's stop): either way the functions and moto go too.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
     println!("stopping");
     rehearsal.stop().await;
     Ok(())

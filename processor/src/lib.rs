@@ -44,8 +44,9 @@ pub use sqs::SqsPoisonRecords;
 ///
 /// Records before the first failure are done and not retried. Records after it may already be
 /// on the bus (the publisher accepted them beside the refused one): they go out again with the
-/// same `metadata.eventId`, on which consumers and subscribers dedupe, and they can reach the
-/// bus before the record the stream retries. An unmappable record after the first failure is
+/// same `metadata.eventId`, on which consumers and subscribers dedupe. Those of other books can
+/// reach the bus before the record the stream retries; a later change of the same book cannot
+/// (the EventBridge publisher never puts two changes of a book in one call). An unmappable record after the first failure is
 /// set aside on the retry, not now, so it is set aside once per time the stream reaches it.
 pub async fn handle_batch(
     event: Event,

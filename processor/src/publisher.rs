@@ -10,7 +10,9 @@ pub trait EventPublisher: Send + Sync {
     /// Publishes `events`. On failure, names the first event that may not have been
     /// published; every event before it was. Events after it may have been published too (a
     /// bus that ingests a call's entries independently accepts later ones beside a refused
-    /// one): they will go out again, with the same `metadata.eventId`.
+    /// one): they will go out again, with the same `metadata.eventId`. A publisher must not let
+    /// a later change of a book get on the bus before an earlier one (EventBridgePublisher
+    /// never puts two changes of a book in one call).
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError>;
 }
 

@@ -365,3 +365,65 @@ async fn graphql_over_http_status_codes_follow_the_spec() {
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_from_another_origin_is_refused_and_messages_are_held_to_the_body_limit() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+    let app = spawn_with(quick_settings(outboxdemo::stack::Storage::InMemory)).await;
+    let url = format!("ws://{}/graphql/ws", app.address);
+    let request = |origin: Option<&str>| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        if let Some(origin) = origin {
+            headers.insert("origin", origin.parse().unwrap());
+        }
+        request
+    };
+
+    // A page elsewhere (any site the developer visits) cannot open the socket.
+    match tokio_tungstenite::connect_async(request(Some("http://evil.example"))).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("a cross-origin handshake was not refused: {other:?}"),
+    }
+    // This server's own page (GraphiQL) and clients that send no Origin can.
+    let own = format!("http://{}", app.address);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request(Some(&own)))
+        .await
+        .unwrap();
+    socket
+        .send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .unwrap();
+    let ack = socket.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let (mut plain, _) = tokio_tungstenite::connect_async(request(None))
+        .await
+        .unwrap();
+
+    // A message over the body limit (64 KiB) ends the connection rather than being read.
+    let big = format!(
+        r#"{{"type":"ping","payload":{{"x":"{}"}}}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let _ = plain.send(Message::text(big)).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match plain.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection outlived an oversized message"
+    );
+    app.stop().await;
+}

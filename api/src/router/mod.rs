@@ -54,6 +54,7 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
             schema,
             keepalive: options.keepalive,
             max_subscriptions: options.max_subscriptions_per_connection,
+            max_message_bytes: options.max_body_bytes,
             documents: Arc::default(),
         })
 }
@@ -64,5 +65,7 @@ struct AppState {
     schema: ApiSchema,
     keepalive: Duration,
     max_subscriptions: usize,
+    /// The largest WebSocket message or frame (the HTTP body limit).
+    max_message_bytes: usize,
     documents: Arc<documents::Documents>,
 }

@@ -1,6 +1,13 @@
 //! Subscriptions at `/graphql/ws`: the pump between one WebSocket and the schema, speaking
 //! `graphql-transport-ws` (or the legacy `graphql-ws`), with keep-alive pings and the
 //! connection's subscription limit.
+//!
+//! A WebSocket is not held to the same-origin policy: any page a browser visits may open one to
+//! 127.0.0.1, and queries and mutations run over the socket too. Browsers always send `Origin`
+//! on a WebSocket handshake
+//! (<https://datatracker.ietf.org/doc/html/rfc6455#section-10.2>), so a handshake whose
+//! `Origin` is not this server's own (the GraphiQL page it serves) is refused; clients that are
+//! not browsers send none. Messages are held to the HTTP body limit.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,8 +18,8 @@ use async_graphql::http::{
 };
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
@@ -34,9 +41,53 @@ pub(super) async fn subscribe(
         .flat_map(|value| value.split(','))
         .find_map(|name| name.trim().parse::<WebSocketProtocols>().ok())
         .unwrap_or(WebSocketProtocols::SubscriptionsTransportWS);
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !same_origin(origin.to_str().unwrap_or_default(), host) {
+            tracing::warn!(origin = ?origin, "WebSocket from another origin refused");
+            return (
+                StatusCode::FORBIDDEN,
+                "a WebSocket from another origin is refused: open GraphiQL on this server",
+            )
+                .into_response();
+        }
+    }
+    let max = state.max_message_bytes;
     upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| serve_socket(stream, state, protocol))
+}
+
+/// Whether a handshake's `Origin` (`scheme://host[:port]`) names the server at `host` (the
+/// request's `Host`): the page that opens the socket was served here. `null` (a sandboxed or
+/// local file page) is another origin.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |authority: &str| {
+        let authority = authority.trim_end_matches('/').to_ascii_lowercase();
+        if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            && !authority.ends_with(']')
+        {
+            authority
+        } else {
+            format!("{authority}:{default_port}")
+        }
+    };
+    with_port(authority) == with_port(host)
 }
 
 /// Accepts a connection's `connection_init` payload and keeps the credential it carries
@@ -238,6 +289,22 @@ mod tests {
         serde_json::json!({"type": kind, "id": id})
             .to_string()
             .into_bytes()
+    }
+
+    #[test]
+    fn only_this_servers_own_pages_may_open_a_socket() {
+        let host = Some("127.0.0.1:8000");
+        assert!(same_origin("http://127.0.0.1:8000", host));
+        assert!(same_origin("http://localhost:8000", Some("LOCALHOST:8000")));
+        assert!(same_origin("http://example.com", Some("example.com:80")));
+        assert!(!same_origin("http://evil.example", host));
+        assert!(!same_origin("http://127.0.0.1:9999", host));
+        // (The scheme only gives the default port: `Host` carries none, and behind a TLS
+        // proxy the page's https origin names this very server.)
+        assert!(same_origin("https://example.com", Some("example.com")));
+        assert!(same_origin("https://example.com", Some("example.com:443")));
+        assert!(!same_origin("null", host));
+        assert!(!same_origin("http://127.0.0.1:8000", None));
     }
 
     #[test]

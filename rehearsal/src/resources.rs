@@ -134,20 +134,6 @@ impl Created {
     pub fn queue_by_arn(&self, arn: &str) -> Option<&Queue> {
         self.queues.values().find(|q| q.arn == arn)
     }
-
-    /// Evaluates a `Conditions` section (`!Not`, `!Equals`, `!And`, `!Or`, `!Condition`)
-    /// against the names as they are now, into [`Names::conditions`], where `!If` finds them.
-    /// [`create`] has already done so for the template's own section: call this only to
-    /// evaluate again after changing the parameters' values in [`Created::names_mut`].
-    pub fn evaluate_conditions(
-        &mut self,
-        template: &Template,
-        conditions: &serde_yaml::Value,
-    ) -> anyhow::Result<()> {
-        let evaluated = evaluate_conditions(template, conditions, &self.names)?;
-        self.names.conditions.extend(evaluated);
-        Ok(())
-    }
 }
 
 /// Creates on the emulator what `template` declares, for the stack `stack`, with every

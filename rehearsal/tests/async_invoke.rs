@@ -283,23 +283,7 @@ impl Fixture {
 }
 
 async fn queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> anyhow::Result<(String, String)> {
-    let url = sqs
-        .create_queue()
-        .queue_name(testing::moto::unique(prefix))
-        .send()
-        .await?
-        .queue_url
-        .ok_or_else(|| anyhow::anyhow!("no queue url"))?;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .ok_or_else(|| anyhow::anyhow!("no queue arn"))?;
-    Ok((url, arn))
+    testing::bus::create_queue(sqs, &testing::moto::unique(prefix)).await
 }
 
 async fn settled(invoker: &AsyncInvoker) -> anyhow::Result<()> {

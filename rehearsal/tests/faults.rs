@@ -145,24 +145,9 @@ async fn under_faults_every_healthy_change_has_its_effects_once_and_the_poison_i
     // (moto delivers to it as it ingests each PutEvents entry).
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let events = aws_sdk_eventbridge::Client::new(&sdk);
-    let bus_queue = sqs
-        .create_queue()
-        .queue_name("faults-bus-record")
-        .send()
+    let (bus_queue, bus_queue_arn) = testing::bus::create_queue(&sqs, "faults-bus-record")
         .await
-        .unwrap()
-        .queue_url
         .unwrap();
-    let bus_queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&bus_queue)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
     let bus_name = rehearsal.created.buses["EventBus"].name.clone();
     events
         .put_rule()

@@ -11,6 +11,30 @@ use serde_json::Value;
 use crate::moto::unique;
 use crate::template;
 
+/// Creates a queue named `name`; returns its URL and ARN (what a rule target names).
+pub async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await?
+        .queue_url
+        .ok_or_else(|| anyhow::anyhow!("no queue url"))?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| anyhow::anyhow!("no queue arn"))?;
+    Ok((url, arn))
+}
+
 /// A bus whose rules come from `template.yaml`.
 #[derive(Debug)]
 pub struct TemplateBus {
@@ -33,22 +57,7 @@ impl TemplateBus {
         let mut queues = HashMap::new();
         for rule in rules {
             let pattern = template::rule_pattern(rule)?;
-            let queue_url = sqs
-                .create_queue()
-                .queue_name(unique(rule))
-                .send()
-                .await?
-                .queue_url
-                .ok_or_else(|| anyhow::anyhow!("no queue url"))?;
-            let queue_arn = sqs
-                .get_queue_attributes()
-                .queue_url(&queue_url)
-                .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await?
-                .attributes
-                .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-                .ok_or_else(|| anyhow::anyhow!("no queue arn"))?;
+            let (queue_url, queue_arn) = create_queue(&sqs, &unique(rule)).await?;
             let rule_name = unique(rule);
             events
                 .put_rule()

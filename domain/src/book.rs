@@ -8,6 +8,8 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// The longest accepted book name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -77,9 +79,16 @@ impl InvalidBook {
     }
 }
 
-/// Trims `raw` and checks it is non-empty, short enough and free of control characters.
+/// Trims `raw`, normalises it to NFC and checks it is non-empty, short enough (counted after
+/// normalisation) and free of control and format characters.
+///
+/// NFC makes text that looks the same one key: "Cafe\u{301}" (a combining accent) and
+/// "Caf\u{e9}" are one name, as a reader sees it. Format characters (general category Cf:
+/// zero-width spaces and joiners, bidi embeddings, overrides and isolates, the BOM, the soft
+/// hyphen) are invisible, so with them two names that look the same are two keys, and bidi
+/// controls make a name shown in a client read differently from what it is.
 fn parse_text(raw: &str, field: BookField, what: &str, max: usize) -> Result<String, InvalidBook> {
-    let text = raw.trim();
+    let text: String = raw.trim().nfc().collect();
     if text.is_empty() {
         return Err(InvalidBook::new(field, format!("{what} must not be empty")));
     }
@@ -95,7 +104,19 @@ fn parse_text(raw: &str, field: BookField, what: &str, max: usize) -> Result<Str
             format!("{what} must not contain control characters"),
         ));
     }
-    Ok(text.to_owned())
+    if let Some(format) = text
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(InvalidBook::new(
+            field,
+            format!(
+                "{what} must not contain invisible format characters (U+{:04X})",
+                u32::from(format)
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 /// A text newtype that can only hold valid text: `parse` is the one way in ([`parse_text`]
@@ -142,7 +163,8 @@ macro_rules! text_type {
 }
 
 text_type!(
-    /// A book's name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control characters.
+    /// A book's name: trimmed and in NFC, 1 to [`MAX_NAME_CHARS`] characters, no control or
+    /// format characters.
     BookName,
     BookField::Name,
     "name",
@@ -150,7 +172,8 @@ text_type!(
 );
 
 text_type!(
-    /// One author's name: trimmed, 1 to [`MAX_AUTHOR_CHARS`] characters, no control characters.
+    /// One author's name: trimmed and in NFC, 1 to [`MAX_AUTHOR_CHARS`] characters, no control
+    /// or format characters.
     Author,
     BookField::Authors,
     "an author",
@@ -273,6 +296,39 @@ mod tests {
     }
 
     #[test]
+    fn names_are_held_in_nfc_so_that_look_alikes_are_one_key() {
+        let decomposed = BookName::parse("Cafe\u{301}").unwrap();
+        let composed = BookName::parse("Caf\u{e9}").unwrap();
+        assert_eq!(decomposed, composed);
+        assert_eq!(decomposed.as_str(), "Caf\u{e9}");
+        assert_eq!(
+            Authors::parse(&["Ame\u{301}lie"]).unwrap().names().next(),
+            Some("Am\u{e9}lie")
+        );
+        // The length counts after normalisation: 200 decomposed "é"s are 200 characters.
+        assert!(BookName::parse(&"e\u{301}".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(BookName::parse(&"e\u{301}".repeat(MAX_NAME_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn format_characters_are_refused_in_names_and_authors() {
+        for c in [
+            '\u{ad}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}',
+            '\u{202e}', '\u{2060}', '\u{2064}', '\u{2066}', '\u{2069}', '\u{feff}',
+        ] {
+            let name = BookName::parse(&format!("Du{c}ne")).unwrap_err();
+            assert_eq!(name.field, BookField::Name);
+            assert!(name.problem.contains("format characters"), "{name}");
+            let author = Authors::parse(&[format!("Frank{c} Herbert")]).unwrap_err();
+            assert_eq!(author.field, BookField::Authors);
+        }
+        // Text that merely looks unusual is fine: other scripts, emoji, a right-to-left name.
+        for name in ["Война и мир", "שלום", "三体", "Dune 🏜"] {
+            assert!(BookName::parse(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
     fn authors_need_one_to_twenty_non_empty_names() {
         let authors = Authors::parse(&["Terry Pratchett", " Neil Gaiman "]).unwrap();
         assert_eq!(
@@ -310,5 +366,34 @@ mod tests {
             serde_json::from_str::<Book>(r#"{"name":"Dune","authors":[],"publishedYear":1965}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("at least one author"), "{err}");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client sends, a name that parses is in NFC, within its length, free of
+            /// control and format characters, and parses to itself: one key per name as seen.
+            #[test]
+            fn a_parsed_name_is_normal_and_stable(raw in "\\PC{0,40}|.{0,40}") {
+                if let Ok(name) = BookName::parse(&raw) {
+                    let text = name.as_str();
+                    prop_assert!(unicode_normalization::is_nfc(text));
+                    prop_assert!(text.chars().count() <= MAX_NAME_CHARS);
+                    prop_assert!(!text.chars().any(|c| c.is_control()
+                        || c.general_category() == GeneralCategory::Format));
+                    prop_assert_eq!(BookName::parse(text), Ok(name.clone()));
+                }
+            }
+
+            /// Composed and decomposed spellings of one text are one name.
+            #[test]
+            fn spellings_of_one_text_are_one_name(raw in "[a-zA-Z\u{c0}-\u{17f} ]{1,40}") {
+                let decomposed: String = raw.nfd().collect();
+                prop_assert_eq!(BookName::parse(&raw), BookName::parse(&decomposed));
+            }
+        }
     }
 }

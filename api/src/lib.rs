@@ -35,6 +35,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "aws")]
+pub mod authorizer;
+#[cfg(feature = "aws")]
 pub mod dynamo;
 pub mod error;
 pub mod events;

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 cargo build --locked --quiet -p api -p processor -p consumers -p rehearsal --bins
 log=$(mktemp)
 logdir=$(mktemp -d)
-target/debug/rehearsal --port 0 --log-dir "$logdir" >"$log" 2>&1 &
+# PublicAccess=all: the bench's clients are anonymous (the authorizer's cost is not measured).
+target/debug/rehearsal --port 0 --log-dir "$logdir" --parameter PublicAccess=all >"$log" 2>&1 &
 rehearsal=$!
 trap 'kill $rehearsal 2>/dev/null; wait $rehearsal 2>/dev/null || true; rm -rf "$log" "$logdir"' EXIT
 for _ in $(seq 300); do

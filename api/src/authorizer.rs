@@ -278,9 +278,6 @@ enum Audience {
 impl JwtVerifier {
     /// Tokens of `issuer` for `audience`; `write_scope` grants writes.
     pub fn new(issuer: String, audience: String, write_scope: String) -> Self {
-        // reqwest's TLS uses the process's crypto provider: aws-lc, which the AWS SDK links
-        // already. Installing fails only when one is installed already, which is as good.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
             audience,

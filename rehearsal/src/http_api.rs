@@ -29,6 +29,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::authorizers::{Cors, Decision, HttpAuthorizer};
 use crate::lambda::{Invocation, Invoke};
 use crate::template::Template;
 
@@ -49,6 +50,10 @@ pub struct HttpApiSettings {
     pub integration_timeout: Duration,
     /// The payload quota, 10 MB (same page).
     pub max_payload_bytes: usize,
+    /// The Lambda authorizer on some routes ([`crate::authorizers`]).
+    pub authorizer: Option<HttpAuthorizer>,
+    /// The CORS configuration: API Gateway then answers preflights itself.
+    pub cors: Option<Cors>,
 }
 
 /// One route: a method (`ANY` or `GET`, …) and a resource path (`/`, `/{proxy+}`).
@@ -77,6 +82,8 @@ impl HttpApiSettings {
             routes,
             integration_timeout: Duration::from_secs(30),
             max_payload_bytes: 10 * 1024 * 1024,
+            authorizer: None,
+            cors: None,
         }
     }
 
@@ -219,10 +226,61 @@ async fn handle(
     request: Request,
 ) -> Response {
     let request_id = aws_id();
-    let mut response = gateway.respond(peer, request, &request_id).await;
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut response = match &gateway.settings.cors {
+        Some(cors) if is_preflight(&request) => preflight(cors, origin.as_deref()),
+        _ => gateway.respond(peer, request, &request_id).await,
+    };
+    // With CORS configured, API Gateway adds the allowed origin to every response to a listed
+    // origin (and ignores CORS headers from the integration).
+    if let (Some(cors), Some(origin)) = (&gateway.settings.cors, origin)
+        && cors.allows(&origin)
+        && let Ok(value) = HeaderValue::from_str(&origin)
+    {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("origin"));
+    }
     // HTTP APIs name the request in every response.
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("apigw-requestid", value);
+    }
+    response
+}
+
+/// A CORS preflight: `OPTIONS` with an `Origin` and an `Access-Control-Request-Method`.
+fn is_preflight(request: &Request) -> bool {
+    request.method() == axum::http::Method::OPTIONS
+        && request.headers().contains_key(header::ORIGIN)
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// API Gateway's answer to a preflight, from the CORS configuration alone (no route, no
+/// authorizer, no function): 204, with the allowed methods and headers for a listed origin and
+/// none for another, which the browser then refuses.
+fn preflight(cors: &Cors, origin: Option<&str>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if origin.is_some_and(|origin| cors.allows(origin)) {
+        let headers = response.headers_mut();
+        let mut set = |name: HeaderName, values: &[String]| {
+            if let Ok(value) = HeaderValue::from_str(&values.join(",")) {
+                headers.insert(name, value);
+            }
+        };
+        set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
+        set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
+        if let Some(max_age) = cors.max_age {
+            set(header::ACCESS_CONTROL_MAX_AGE, &[max_age.to_string()]);
+        }
     }
     response
 }
@@ -260,7 +318,27 @@ impl Gateway {
         else {
             return gateway_error(StatusCode::NOT_FOUND, "Not Found");
         };
-        let event = self.event(&parts, body, peer, route, path_parameters, request_id);
+        let mut event = self.event(&parts, body, peer, route, path_parameters, request_id);
+        if let Some(authorizer) = &self.settings.authorizer
+            && authorizer.guards(&route.key())
+        {
+            let question = self.authorizer_event(&event, &parts, authorizer);
+            match authorizer.decide(question, &parts.headers).await {
+                Decision::Allow(context) => {
+                    event["requestContext"]["authorizer"] = json!({ "lambda": context });
+                }
+                Decision::Unauthorized => {
+                    return gateway_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+                }
+                Decision::Forbidden => return gateway_error(StatusCode::FORBIDDEN, "Forbidden"),
+                Decision::Failed => {
+                    return gateway_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal Server Error",
+                    );
+                }
+            }
+        }
         let invocation =
             tokio::time::timeout(self.settings.integration_timeout, self.target.invoke(event))
                 .await;
@@ -278,6 +356,43 @@ impl Gateway {
                 gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
             }),
         }
+    }
+
+    /// What a Lambda authorizer of payload format 2.0 is sent: the request's event without
+    /// its body, with `type`, `routeArn` and the identity sources' values.
+    fn authorizer_event(
+        &self,
+        event: &Value,
+        parts: &axum::http::request::Parts,
+        authorizer: &HttpAuthorizer,
+    ) -> Value {
+        let mut question = event.clone();
+        if let Some(object) = question.as_object_mut() {
+            object.remove("body");
+            object.remove("isBase64Encoded");
+            object.insert("type".into(), json!("REQUEST"));
+            let settings = &self.settings;
+            object.insert(
+                "routeArn".into(),
+                json!(format!(
+                    "arn:aws:execute-api:{}:{}:{}/$default/{}{}",
+                    settings.region,
+                    settings.account_id,
+                    settings.api_id,
+                    parts.method,
+                    parts.uri.path()
+                )),
+            );
+            let identity: Vec<&str> = authorizer
+                .identity_headers
+                .iter()
+                .filter_map(|name| parts.headers.get(name)?.to_str().ok())
+                .collect();
+            if !identity.is_empty() {
+                object.insert("identitySource".into(), json!(identity));
+            }
+        }
+        question
     }
 
     /// The payload-format-2.0 event of one request.

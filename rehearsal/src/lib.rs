@@ -13,6 +13,7 @@
 //!   layers and their dead letters.
 //! - [`http_api`], [`websocket_api`]: API Gateway's HTTP API (payload format 2.0) and
 //!   WebSocket API with its `@connections` Management API.
+//! - [`authorizers`]: the Lambda authorizers in front of both APIs, and the HTTP API's CORS.
 //! - [`faults`]: a proxy between the functions and moto that refuses PutEvents entries,
 //!   throttles, and fails writes, as AWS can and moto does not.
 //! - [`stack`]: [`Rehearsal`](stack::Rehearsal), everything above wired as AWS wires it.
@@ -22,6 +23,7 @@
 //!   API: one invocation each at a time, timeouts, crashes and cold starts as on Lambda.
 
 pub mod async_invoke;
+pub mod authorizers;
 pub mod faults;
 pub mod http_api;
 pub mod invoke_api;

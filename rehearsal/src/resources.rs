@@ -39,6 +39,17 @@ pub struct Created {
     pub functions: BTreeMap<String, FunctionName>,
     /// Every target of every `AWS::Events::Rule` that is a function, in template order.
     pub rule_targets: Vec<RuleTarget>,
+    /// `AWS::SecretsManager::Secret`s whose condition holds, by logical id.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// A secret as created, with the value generated for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The secret's ARN (`!Ref`).
+    pub arn: String,
+    /// The value (its `GenerateSecretString`'s, or `SecretString`).
+    pub value: String,
 }
 
 /// A table as created.
@@ -242,6 +253,28 @@ pub async fn create_with_parameters(
         created.buses.insert(id, bus);
     }
 
+    let secrets = aws_sdk_secretsmanager::Client::new(sdk);
+    for id in template.resources_of_type("AWS::SecretsManager::Secret") {
+        if !holds(template, &created.names, &id) {
+            continue;
+        }
+        let properties = template.resolve(template.properties(&id), &created.names)?;
+        let value = match properties["SecretString"].as_str() {
+            Some(value) => value.to_owned(),
+            None => generated_secret(&properties["GenerateSecretString"]),
+        };
+        let output = secrets
+            .create_secret()
+            .name(format!("{stack}-{id}"))
+            .secret_string(&value)
+            .send()
+            .await
+            .with_context(|| format!("cannot create secret {id}"))?;
+        let arn = output.arn().unwrap_or_default().to_owned();
+        created.names.refs.insert(id.clone(), arn.clone());
+        created.secrets.insert(id, Secret { arn, value });
+    }
+
     for id in template.resources_of_type("AWS::Serverless::Function") {
         let name = match template.properties(&id)["FunctionName"] {
             serde_yaml::Value::Null => format!("{stack}-{id}"),
@@ -263,6 +296,32 @@ pub async fn create_with_parameters(
         create_rule(template, &mut created, &events, &sqs, &id).await?;
     }
     Ok(created)
+}
+
+/// Whether a resource exists: it has no `Condition`, or its condition holds.
+fn holds(template: &Template, names: &Names, id: &str) -> bool {
+    match template.section("Resources")[id]["Condition"].as_str() {
+        Some(condition) => names.conditions.get(condition).copied().unwrap_or(false),
+        None => true,
+    }
+}
+
+/// A value as `GenerateSecretString` makes one: `PasswordLength` characters (32 by default),
+/// letters and digits, and punctuation unless `ExcludePunctuation`
+/// (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-secretsmanager-secret-generatesecretstring.html>).
+fn generated_secret(settings: &Value) -> String {
+    let length = settings["PasswordLength"]
+        .as_u64()
+        .or_else(|| settings["PasswordLength"].as_str()?.parse().ok())
+        .unwrap_or(32);
+    let mut alphabet: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
+    if settings["ExcludePunctuation"] != Value::Bool(true) {
+        alphabet.extend("!#$%&()*+,-./:;<=>?@[]^_{|}~".chars());
+    }
+    let mut rng = fastrand::Rng::new();
+    (0..length)
+        .filter_map(|_| alphabet.get(rng.usize(..alphabet.len())))
+        .collect()
 }
 
 fn text(value: &Value, what: &str) -> anyhow::Result<String> {
@@ -835,17 +894,36 @@ mod tests {
     }
 
     #[test]
-    fn has_jwt_follows_the_jwt_issuer_parameter() -> anyhow::Result<()> {
+    fn the_access_conditions_follow_their_parameters() -> anyhow::Result<()> {
         let template = Template::load(&template_path())?;
         let conditions = template.section("Conditions");
-        let open = evaluate_conditions(&template, conditions, &parameters(&template, &[]))?;
-        assert_eq!(open.get("HasJwt"), Some(&false));
-        let guarded = evaluate_conditions(
+        let default = evaluate_conditions(&template, conditions, &parameters(&template, &[]))?;
+        assert_eq!(default.get("HasSecret"), Some(&true));
+        assert_eq!(default.get("Guarded"), Some(&true));
+        assert_eq!(default.get("Private"), Some(&true));
+        assert_eq!(default.get("HasCors"), Some(&false));
+        let jwt = evaluate_conditions(
             &template,
             conditions,
-            &parameters(&template, &[("JwtIssuer", "https://issuer.example")]),
+            &parameters(
+                &template,
+                &[
+                    ("JwtIssuer", "https://issuer.example"),
+                    ("PublicAccess", "read"),
+                    ("AllowedOrigins", "https://app.example"),
+                ],
+            ),
         )?;
-        assert_eq!(guarded.get("HasJwt"), Some(&true));
+        assert_eq!(jwt.get("HasSecret"), Some(&false));
+        assert_eq!(jwt.get("Guarded"), Some(&true));
+        assert_eq!(jwt.get("Private"), Some(&false));
+        assert_eq!(jwt.get("HasCors"), Some(&true));
+        let public = evaluate_conditions(
+            &template,
+            conditions,
+            &parameters(&template, &[("PublicAccess", "all")]),
+        )?;
+        assert_eq!(public.get("Guarded"), Some(&false));
         Ok(())
     }
 
@@ -924,7 +1002,17 @@ mod tests {
         )
         .await?;
 
-        assert_eq!(created.names().conditions.get("HasJwt"), Some(&false));
+        assert_eq!(created.names().conditions.get("HasSecret"), Some(&true));
+        // The generated secret is on the emulator, where the authorizer reads it.
+        let secret = &created.secrets["AccessSecret"];
+        let stored = aws_sdk_secretsmanager::Client::new(&sdk)
+            .get_secret_value()
+            .secret_id(&secret.arn)
+            .send()
+            .await?;
+        assert_eq!(stored.secret_string(), Some(secret.value.as_str()));
+        assert_eq!(secret.value.len(), 48);
+        assert!(secret.value.chars().all(|c| c.is_ascii_alphanumeric()));
 
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
         let declared = |resource_type: &str| {

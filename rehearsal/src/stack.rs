@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::async_invoke::{self, AsyncInvoker, AsyncSettings, AsyncTarget};
 use crate::faults::{self, Faults, Injected};
 use crate::http_api::{self, HttpApiSettings};
-use crate::lambda::{Function, FunctionSpec};
+use crate::lambda::{Function, FunctionSpec, Invoke};
 use crate::resources::{self, Created};
 use crate::stream_mapping::{self, StreamMapping, StreamMappingSettings};
 use crate::template::{self, Template};
 use crate::websocket_api::{self, WebSocketApi, WebSocketSettings};
-use crate::{invoke_api, status};
+use crate::{authorizers, invoke_api, status};
 
 /// How to run the rehearsal.
 #[derive(Debug, Clone)]
@@ -57,6 +57,9 @@ pub struct Options {
     pub async_settings: AsyncSettings,
     /// Faults to inject between the functions and the emulator.
     pub faults: Faults,
+    /// The template's parameters that differ from their defaults (`sam deploy
+    /// --parameter-overrides`), e.g. `PublicAccess`.
+    pub parameters: HashMap<String, String>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             unreserved_concurrency: 4,
             async_settings: AsyncSettings::default(),
             faults: Faults::default(),
+            parameters: HashMap::new(),
         }
     }
 }
@@ -133,7 +137,9 @@ impl Rehearsal {
         };
         let sdk = sdk_config(&emulator).await;
 
-        let mut created = resources::create(&template, &sdk, &options.stack).await?;
+        let mut created =
+            resources::create_with_parameters(&template, &sdk, &options.stack, &options.parameters)
+                .await?;
 
         // The API Gateway APIs are emulated here, not created on the emulator: their ids are
         // fixed, for the intrinsics that name them.
@@ -152,6 +158,10 @@ impl Rehearsal {
             names
                 .refs
                 .insert("WebSocketApi".into(), websocket_settings.api_id.clone());
+        }
+        // An authorizer's id is what its !Ref gives; here, its logical id.
+        for id in template.resources_of_type("AWS::ApiGatewayV2::Authorizer") {
+            created.names_mut().refs.insert(id.clone(), id);
         }
         http_settings.account_id = resources::ACCOUNT.to_owned();
         websocket_settings.account_id = resources::ACCOUNT.to_owned();
@@ -204,6 +214,14 @@ impl Rehearsal {
                 .with_context(|| format!("template.yaml has no function {id}"))
         };
 
+        let targets: HashMap<String, Arc<dyn Invoke>> = functions
+            .iter()
+            .map(|(id, f)| (id.clone(), Arc::new(f.clone()) as Arc<dyn Invoke>))
+            .collect();
+        http_settings.authorizer = authorizers::http_authorizer(&template, &created, &targets)?;
+        http_settings.cors = authorizers::http_cors(&template, created.names())?;
+        websocket_settings.connect_authorizer =
+            authorizers::connect_authorizer(&template, &created, &targets)?;
         let websocket = websocket_api::start(
             ws_listener,
             management_listener,
@@ -290,6 +308,15 @@ impl Rehearsal {
             moto,
             shutdown,
         })
+    }
+
+    /// The shared secret clients present (`Authorization: Bearer <secret>`), when the
+    /// template generated one (no `JwtIssuer`).
+    pub fn credential(&self) -> Option<&str> {
+        self.created
+            .secrets
+            .get("AccessSecret")
+            .map(|secret| secret.value.as_str())
     }
 
     /// The function of this logical id.

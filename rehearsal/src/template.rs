@@ -231,6 +231,30 @@ fn intrinsic(tag: &str, value: &serde_yaml::Value, names: &Names) -> anyhow::Res
                 .with_context(|| format!("no condition {condition}"))?;
             return resolve(if holds { then } else { otherwise }, names);
         }
+        // A CommaDelimitedList parameter's !Ref is its text here ("a,b"), so a string item
+        // stands for the list it would be.
+        "Join" => {
+            let serde_yaml::Value::Sequence(parts) = value else {
+                bail!("!Join takes [delimiter, list]");
+            };
+            let [delimiter, list] = parts.as_slice() else {
+                bail!("!Join takes [delimiter, list]");
+            };
+            let delimiter = text(delimiter)?;
+            let items: Vec<String> = match resolve(list, names)? {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(s) => Ok(s),
+                        other => bail!("!Join: expected strings, got {other}"),
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                Some(Value::String(s)) => s.split(',').map(str::to_owned).collect(),
+                None => Vec::new(),
+                other => bail!("!Join: expected a list, got {other:?}"),
+            };
+            items.join(&delimiter)
+        }
         other => bail!("the rehearsal does not evaluate !{other}"),
     })))
 }

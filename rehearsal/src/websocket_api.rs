@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::authorizers::ConnectAuthorizer;
 use crate::http_api::{api_id, aws_id, query_parameters, request_time};
 use crate::lambda::{Invocation, Invoke};
 use crate::template::Template;
@@ -76,6 +77,8 @@ pub struct WebSocketSettings {
     pub max_message_bytes: usize,
     /// The frame size quota, 32 KB (same page).
     pub max_frame_bytes: usize,
+    /// The `$connect` route's Lambda authorizer ([`crate::authorizers`]).
+    pub connect_authorizer: Option<ConnectAuthorizer>,
 }
 
 /// A token bucket: `rate_limit` requests per second on average, `burst_limit` at once
@@ -157,6 +160,7 @@ impl WebSocketSettings {
             max_duration: Duration::from_secs(2 * 60 * 60),
             max_message_bytes: 128 * 1024,
             max_frame_bytes: 32 * 1024,
+            connect_authorizer: None,
         })
     }
 
@@ -459,6 +463,12 @@ async fn upgrade(
     let query = query_parameters(&uri);
     event.query_string_parameters = query.clone().into();
     event.multi_value_query_string_parameters = query.into();
+    if let Some(authorizer) = &shared.settings.connect_authorizer {
+        match authorize(&shared, authorizer, &event).await {
+            Ok(fields) => event.request_context.authorizer.fields = fields,
+            Err(refusal) => return refusal,
+        }
+    }
     // Without a $connect route, API Gateway connects without asking anyone.
     let response = if shared.settings.has_route(CONNECT) {
         match shared.invoke(event).await {
@@ -487,6 +497,72 @@ async fn upgrade(
         ws = ws.protocols([protocol]);
     }
     ws.on_upgrade(move |socket| run(shared, socket, caller))
+}
+
+/// Asks the `$connect` authorizer about a connection: its context (and `principalId`) for the
+/// `$connect` event's `requestContext.authorizer` when the policy it answers allows
+/// `execute-api:Invoke` on this route, else API Gateway's refusal: 403 for a denying policy,
+/// 401 when the function fails with `Unauthorized`, 500 for any other failure
+/// (<https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-websocket-api-lambda-auth.html>).
+async fn authorize(
+    shared: &Shared,
+    authorizer: &ConnectAuthorizer,
+    event: &ApiGatewayWebsocketProxyRequest,
+) -> Result<HashMap<String, Value>, Response> {
+    let settings = &shared.settings;
+    let method_arn = format!(
+        "arn:aws:execute-api:{}:{}:{}/{}/{CONNECT}",
+        settings.region, settings.account_id, settings.api_id, settings.stage
+    );
+    let mut question = payload_of(event);
+    if let Some(object) = question.as_object_mut() {
+        object.insert("type".into(), json!("REQUEST"));
+        object.insert("methodArn".into(), json!(method_arn));
+        object.remove("isBase64Encoded");
+    }
+    let answer = match authorizer.function.target.invoke(question).await {
+        Invocation::Response(answer) => answer,
+        Invocation::FunctionError(error) => {
+            if error["errorMessage"].as_str() == Some("Unauthorized") {
+                return Err(refuse(StatusCode::UNAUTHORIZED, "Unauthorized"));
+            }
+            tracing::warn!(%error, "the $connect authorizer failed");
+            return Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error",
+            ));
+        }
+    };
+    let statements = answer["policyDocument"]["Statement"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let covers = |statement: &Value| {
+        let listed = |key: &str, wanted: &dyn Fn(&str) -> bool| match &statement[key] {
+            Value::String(one) => wanted(one),
+            Value::Array(many) => many.iter().filter_map(Value::as_str).any(wanted),
+            _ => false,
+        };
+        listed("Action", &|a| a == "execute-api:Invoke" || a == "*")
+            && listed("Resource", &|r| r == method_arn || r == "*")
+    };
+    let effect = |wanted: &str| {
+        statements
+            .iter()
+            .any(|s| s["Effect"].as_str() == Some(wanted) && covers(s))
+    };
+    // An explicit Deny wins over an Allow, as in any IAM policy.
+    if effect("Deny") || !effect("Allow") {
+        return Err(refuse(StatusCode::FORBIDDEN, "Forbidden"));
+    }
+    let mut fields: HashMap<String, Value> = answer["context"]
+        .as_object()
+        .map(|context| context.clone().into_iter().collect())
+        .unwrap_or_default();
+    if let Some(principal) = answer.get("principalId") {
+        fields.insert("principalId".into(), principal.clone());
+    }
+    Ok(fields)
 }
 
 /// The `Sec-WebSocket-Protocol` the function answered, in `headers` or `multiValueHeaders`.

@@ -173,7 +173,17 @@ async fn under_faults_every_healthy_change_has_its_effects_once_and_the_poison_i
         .unwrap();
 
     // Writers add books and remove some, concurrently; the killer SIGKILLs busy environments.
-    let client = reqwest::Client::new();
+    // The default deployment lets no anonymous client in: the writers present its secret.
+    let credential = rehearsal
+        .credential()
+        .expect("the default deploy generates a secret");
+    let client = reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {credential}").parse().unwrap(),
+        )]))
+        .build()
+        .unwrap();
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..WRITERS {
         let (client, url) = (client.clone(), url.clone());

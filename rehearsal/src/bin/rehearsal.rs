@@ -33,6 +33,16 @@ struct Cli {
     /// Where each function's log goes (`<function>.log`).
     #[arg(long, default_value = "target/rehearsal")]
     log_dir: PathBuf,
+    /// A template parameter, as `sam deploy --parameter-overrides` takes it: `Key=Value`
+    /// (repeatable), e.g. `--parameter PublicAccess=all` for a public demo.
+    #[arg(long = "parameter", value_name = "KEY=VALUE", value_parser = parameter)]
+    parameters: Vec<(String, String)>,
+}
+
+fn parameter(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text}: expected KEY=VALUE"))
 }
 
 #[tokio::main]
@@ -57,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         emulator_port: port(4),
         stack: cli.stack,
         log_dir: cli.log_dir.clone(),
+        parameters: cli.parameters.into_iter().collect(),
         ..Options::default()
     };
     let rehearsal = Rehearsal::start(options).await?;
@@ -76,6 +87,11 @@ async fn main() -> anyhow::Result<()> {
         "function logs         {}/<function>.log",
         cli.log_dir.display()
     );
+    if let Some(secret) = rehearsal.credential() {
+        // The rehearsal's secret guards nothing but this machine's play stack; on AWS it is
+        // read from Secrets Manager (README, "Deploy to AWS").
+        println!("credential            Authorization: Bearer {secret}   (WebSocket: ?token=...)");
+    }
     println!("Ctrl-C stops it.");
     // Ctrl-C, or SIGTERM (a supervisor's stop): either way the functions and moto go too.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

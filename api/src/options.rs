@@ -102,6 +102,23 @@ pub struct ApiOptions {
     /// WebSocket API's URL (an HTTP API cannot upgrade to a WebSocket).
     #[arg(skip)]
     pub graphiql_subscriptions_url: Option<String>,
+    /// Origins (`scheme://host[:port]`) besides this server's own whose pages may open the
+    /// WebSocket and read responses (CORS). Empty (the default): only pages served here, and
+    /// no CORS headers at all.
+    #[arg(
+        long = "allow-origin",
+        env = "OUTBOXDEMO_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = origin,
+        help = "Let pages of this origin (scheme://host[:port]; repeatable) open the WebSocket and read responses (CORS)"
+    )]
+    pub allowed_origins: Vec<String>,
+}
+
+/// An `--allow-origin` value, in the form browsers send.
+fn origin(value: &str) -> Result<String, String> {
+    crate::router::parse_origin(value)
 }
 
 /// A secret flag's value, kept out of `Debug` output and logs.
@@ -127,6 +144,7 @@ impl Default for ApiOptions {
             graphiql: true,
             auth_token: None,
             graphiql_subscriptions_url: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -235,5 +253,28 @@ mod tests {
         let refused = ApiOptions::augment_args(clap::Command::new("api"))
             .try_get_matches_from(["api", "--keepalive-secs=0"]);
         assert!(refused.is_err(), "a keep-alive needs at least a second");
+    }
+
+    #[test]
+    fn allowed_origins_are_repeatable_or_comma_separated_and_checked() {
+        let options = parse(&[
+            "--allow-origin=http://localhost:5173",
+            "--allow-origin=HTTPS://App.Example:443,http://127.0.0.1:3000",
+        ]);
+        assert_eq!(
+            options.allowed_origins,
+            [
+                "http://localhost:5173",
+                "https://app.example",
+                "http://127.0.0.1:3000"
+            ]
+        );
+        for bad in ["*", "localhost:5173", "http://example.com/path"] {
+            let refused = ApiOptions::augment_args(clap::Command::new("api"))
+                .try_get_matches_from(["api", &format!("--allow-origin={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("is not an origin"), "{bad}: {refused}");
+        }
     }
 }

@@ -229,7 +229,10 @@ impl QueryRoot {
         .extend()
     }
     /// What kept failing and was set aside, oldest first (the local stack; on AWS the dead
-    /// letters are in SQS queues). Redrive them with `outboxdemo dead-letters redrive`.
+    /// letters are in SQS queues). Redrive them with `outboxdemo dead-letters redrive`. Their
+    /// payloads are the catalogue's data: when a token is configured, this needs it, as
+    /// mutations do.
+    #[graphql(guard = "Authenticated")]
     async fn dead_letters(
         &self,
         ctx: &Context<'_>,

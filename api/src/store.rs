@@ -80,7 +80,8 @@ pub struct DeadLetter {
     pub target: Option<String>,
     /// The event id it concerns.
     pub event_id: Option<String>,
-    /// The last error.
+    /// The last error, as recorded: for operators on the host (the CLI). The API sends a bus
+    /// dead letter's as a code only, since a target's error can carry internal text.
     pub reason: String,
     /// How many times it was tried.
     pub attempts: u32,

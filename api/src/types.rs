@@ -135,6 +135,9 @@ impl ActivityNode {
     }
 }
 
+/// The reason the API gives for every bus dead letter, in place of the target's error.
+const DELIVERY_FAILED: &str = "DELIVERY_FAILED";
+
 /// Something that kept failing and was set aside.
 pub(crate) struct DeadLetterNode(pub(crate) DeadLetter);
 
@@ -160,9 +163,17 @@ impl DeadLetterNode {
         self.0.event_id.as_deref()
     }
 
-    /// The last error.
+    /// Why it was set aside. A stream record's reason is this stack's own words about the
+    /// record: what in its data cannot be mapped to an event, or that the processor kept
+    /// failing it until the stream's retention. A bus event's is the stable code
+    /// `DELIVERY_FAILED`: the target's error can carry internal text (a store's, a
+    /// dependency's), so it is logged, never sent; `outboxdemo dead-letters show` prints it
+    /// on the host.
     async fn reason(&self) -> &str {
-        &self.0.reason
+        match self.0.source {
+            DeadLetterSource::Stream => &self.0.reason,
+            DeadLetterSource::Bus => DELIVERY_FAILED,
+        }
     }
 
     /// How many times it was tried.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
 use super::group_commit::{self, Job};
-use super::{DB_FILE, DbError, schema};
+use super::{DB_FILE, DbError, private, schema};
 
 /// A write submitted with [`Db::write`] and not yet awaited; it commits whether or not it is.
 pub type WriteInFlight = std::pin::Pin<Box<dyn Future<Output = Result<(), DbError>> + Send>>;
@@ -33,9 +33,10 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) the database in `dir`, bringing its schema up to
-    /// [`schema::CURRENT`] first.
+    /// [`schema::CURRENT`] first. The directory and its files are private to the user (see
+    /// `private`).
     pub fn open(dir: &Path) -> Result<Arc<Self>, DbError> {
-        std::fs::create_dir_all(dir)?;
+        private::prepare(dir)?;
         let path = dir.join(DB_FILE);
         let mut writer = Connection::open(&path)?;
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;

@@ -5,6 +5,7 @@
 //! - [`Db`] (`db`): the connections, and running blocking SQLite work off the async runtime.
 //! - `group_commit`: the writer thread, which commits waiting writes together.
 //! - [`schema`]: the schema's version and its forward migrations.
+//! - `private`: the data directory and the database's files private to the user (Unix).
 //!
 //! One module per table, each owning the table's DDL and every statement on it:
 //! - [`books`]: [`EmbeddedBookStore`], whose every write commits the book and its stream record
@@ -27,6 +28,7 @@ pub mod checkpoints;
 mod db;
 pub mod dead_letters;
 mod group_commit;
+mod private;
 pub mod schema;
 pub mod stream;
 pub mod stream_dead_letters;
@@ -48,8 +50,8 @@ pub enum DbError {
     /// A stored JSON value could not be read or written.
     #[error("stored JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// The data directory could not be created.
-    #[error("cannot create the data directory: {0}")]
+    /// The data directory or the database file could not be created or made private.
+    #[error("cannot prepare the data directory: {0}")]
     Io(#[from] std::io::Error),
     /// A stored value is not what this version wrote: the file was changed by something else.
     #[error("stored data is invalid: {0}")]

@@ -4,10 +4,15 @@
 //! - `http`: the API as a user meets it, and what the consumers did, across a restart.
 //! - `operations`: what operators rely on: fault injection, dead letters, limits, the credential.
 //! - `upgrade`: a data directory of an older version, upgraded in place.
+//! - `web`: pages on other origins: the socket's allow-list, CORS, and dead letters behind
+//!   the credential.
+//! - `data_dir`: the data directory private to the user.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+mod data_dir;
 mod http;
 mod operations;
 mod support;
 mod upgrade;
+mod web;

@@ -66,7 +66,7 @@ async fn a_data_directory_from_before_schema_versions_is_upgraded_in_place() {
     assert_eq!(
         letters["deadLetters"],
         json!([
-            {"source": "BUS", "id": "5", "target": "book-added", "reason": "injected fault", "attempts": 1},
+            {"source": "BUS", "id": "5", "target": "book-added", "reason": "DELIVERY_FAILED", "attempts": 1},
             {"source": "STREAM", "id": "7", "target": null, "reason": "the processor failed this record 1 times", "attempts": 1},
         ])
     );

@@ -6,6 +6,8 @@
 //! - `health`: the `/health` route.
 //! - `websocket`: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
 //!   schema, with keep-alive pings and the per-connection subscription limit.
+//! - `origin`: the origins `--allow-origin` lets in besides this server's own (the WebSocket
+//!   handshake and CORS); `cors`: the CORS layer, installed only when origins are listed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,16 @@ use axum::routing::get;
 use crate::options::ApiOptions;
 use crate::schema::ApiSchema;
 
+mod cors;
 mod documents;
 mod graphiql;
 mod health;
 mod http;
+mod origin;
 mod websocket;
 
 pub use graphiql::BasePath;
+pub(crate) use origin::parse_origin;
 
 /// The API's routes: GraphiQL at `/`, GraphQL at `/graphql` (GET and POST), subscriptions at
 /// `/graphql/ws` (`graphql-transport-ws`, and the legacy `graphql-ws`), and `/health`.
@@ -31,8 +36,10 @@ pub fn router(schema: ApiSchema) -> Router {
     router_with(schema, &ApiOptions::default())
 }
 
-/// [`router`] with these options (keep-alive, body and subscription limits, GraphiQL on or off).
+/// [`router`] with these options (keep-alive, body and subscription limits, GraphiQL on or off,
+/// the origins allowed besides this server's own).
 pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
+    let allowed_origins = Arc::new(origin::AllowedOrigins::new(&options.allowed_origins));
     let mut router = Router::new();
     if options.graphiql {
         let subscriptions = graphiql::SubscriptionsUrl(options.graphiql_subscriptions_url.clone());
@@ -41,7 +48,7 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
             get(graphiql::graphiql).layer(axum::Extension(subscriptions)),
         );
     }
-    router
+    let router = router
         .route(
             "/graphql",
             get(http::graphql)
@@ -55,8 +62,16 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
             keepalive: options.keepalive,
             max_subscriptions: options.max_subscriptions_per_connection,
             max_message_bytes: options.max_body_bytes,
+            allowed_origins: Arc::clone(&allowed_origins),
             documents: Arc::default(),
-        })
+        });
+    if allowed_origins.is_empty() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        allowed_origins,
+        cors::cors,
+    ))
 }
 
 /// What every route shares: the schema, the WebSocket settings and the document cache.
@@ -67,5 +82,7 @@ struct AppState {
     max_subscriptions: usize,
     /// The largest WebSocket message or frame (the HTTP body limit).
     max_message_bytes: usize,
+    /// The origins besides this server's own whose pages may open a socket.
+    allowed_origins: Arc<origin::AllowedOrigins>,
     documents: Arc<documents::Documents>,
 }

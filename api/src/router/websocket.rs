@@ -43,7 +43,8 @@ pub(super) async fn subscribe(
         .unwrap_or(WebSocketProtocols::SubscriptionsTransportWS);
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !same_origin(origin.to_str().unwrap_or_default(), host) {
+        let origin_text = origin.to_str().unwrap_or_default();
+        if !same_origin(origin_text, host) && !state.allowed_origins.lists(origin_text) {
             tracing::warn!(origin = ?origin, "WebSocket from another origin refused");
             return (
                 StatusCode::FORBIDDEN,

@@ -1,30 +1,46 @@
 // GraphiQL in headless Chromium (Debian's, driven by playwright-core): the page introspects the
 // schema (its documentation explorer shows the root types, autocompletion offers fields), and a
 // user runs a mutation, a query and a subscription and sees the results on the page; no request
-// the page makes gets an error. The page loads its
-// assets from unpkg.com; this machine has no internet, so the test serves those files from the
-// installed npm packages (graphiql, react, react-dom) instead.
+// the page makes gets an error, and nothing breaks its Content-Security-Policy. The page loads
+// its assets from unpkg.com, each pinned by a Subresource Integrity hash; this machine has no
+// internet, so the test serves those files from the installed npm packages (graphiql, react,
+// react-dom) instead, checks the page's hashes against them, and checks that a changed file is
+// refused.
 import assert from 'node:assert/strict';
-import { mkdir, readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { chromium } from 'playwright-core';
 import { BASE, addBook, eventually, openSubscriptions, uniqueName } from './lib.js';
+import { artifacts, fromNodeModules, launchChromium, skipBrowser } from './browser.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const artifacts = join(here, 'artifacts');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TYPES = { '.js': 'application/javascript', '.css': 'text/css' };
+/** Records the page's CSP violations (the init script runs before the page's own). */
+async function watchPolicy(page) {
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  const consoleErrors = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') consoleErrors.push(message.text());
+  });
+  return {
+    consoleErrors,
+    violations: () => page.evaluate(() => window.__violations),
+  };
+}
 
-/** https://unpkg.com/<package>@<version>/<file> → node_modules/<package>/<file>. */
-async function fromNodeModules(url) {
-  const match = new URL(url).pathname.match(/^\/((?:@[^/]+\/)?[^@/]+)@[^/]+\/(.+)$/);
-  if (!match) return null;
-  const file = join(here, 'node_modules', match[1], match[2]);
-  if (!existsSync(file)) return null;
-  return { body: await readFile(file), contentType: TYPES[file.slice(file.lastIndexOf('.'))] };
+/** Serves the stack itself and the pinned CDN files (from node_modules); nothing else. */
+async function routeOnlyTheStackAndTheCdn(page, replace = {}) {
+  await page.route('**/*', async (route) => {
+    const url = route.request().url();
+    if (url.startsWith(BASE)) return route.continue();
+    const local = url.startsWith('https://unpkg.com/') ? await fromNodeModules(url) : null;
+    if (local && replace[url]) local.body = replace[url](local.body);
+    return local ? route.fulfill({ status: 200, ...local }) : route.abort();
+  });
 }
 
 async function editor(page, selector) {
@@ -35,28 +51,15 @@ async function editor(page, selector) {
   };
 }
 
-const skipBrowser = !existsSync(CHROMIUM) && process.env.CI !== 'true'
-  ? `no Chromium at ${CHROMIUM} (scripts/e2e installs Debian's chromium when run as root)`
-  : false;
-
 test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBrowser }, async () => {
   await mkdir(artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     const pageErrors = [];
     page.on('pageerror', (error) => pageErrors.push(error.message));
-    // Only the stack itself and the CDN files (served locally) are reachable.
-    await page.route('**/*', async (route) => {
-      const url = route.request().url();
-      if (url.startsWith(BASE)) return route.continue();
-      const local = url.startsWith('https://unpkg.com/') ? await fromNodeModules(url) : null;
-      return local ? route.fulfill({ status: 200, ...local }) : route.abort();
-    });
+    const policy = await watchPolicy(page);
+    await routeOnlyTheStackAndTheCdn(page);
 
     // Every GraphQL answer the page gets over HTTP, introspection first.
     const answers = [];
@@ -118,11 +121,71 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
     assert.match(await response.get(), /"type": "ADDED"/);
     await page.screenshot({ path: join(artifacts, 'graphiql-subscription.png') });
     assert.deepEqual(pageErrors, []);
+    assert.deepEqual(await policy.violations(), [], 'the page keeps to its CSP');
+    assert.deepEqual(policy.consoleErrors, []);
     assert.ok(answers.length >= 3, JSON.stringify(answers));
     for (const answer of answers) {
       assert.equal(answer.status, 200, JSON.stringify(answer));
       assert.equal(answer.body.errors, undefined, JSON.stringify(answer));
     }
+  } finally {
+    await browser.close();
+  }
+});
+
+test('the GraphiQL page pins each CDN file by its hash and sends its security headers', async () => {
+  const response = await fetch(`${BASE}/`);
+  assert.equal(response.status, 200);
+  const csp = response.headers.get('content-security-policy');
+  assert.ok(csp, 'a Content-Security-Policy');
+  assert.equal(response.headers.get('x-content-type-options'), 'nosniff');
+  assert.equal(response.headers.get('referrer-policy'), 'no-referrer');
+  const directives = Object.fromEntries(csp.split(';').map((d) => d.trim().split(/\s+/))
+    .map(([name, ...sources]) => [name, sources]));
+  for (const [name, expected] of [['frame-ancestors', "'none'"], ['base-uri', "'none'"], ['object-src', "'none'"]]) {
+    assert.deepEqual(directives[name], [expected], csp);
+  }
+  assert.ok(!directives['script-src'].some((s) => s.includes('unsafe')), csp);
+
+  const page = await response.text();
+  const pinned = [...page.matchAll(/(?:src|href)="(https:\/\/unpkg\.com\/[^"]+)" integrity="(sha384-[^"]+)" crossorigin="anonymous"/g)];
+  assert.equal(pinned.length, 4, 'react, react-dom, graphiql.js and graphiql.css');
+  assert.equal(pinned.length, (page.match(/https:\/\/unpkg\.com\//g) || []).length, 'every unpkg.com file is pinned');
+  for (const [, url, integrity] of pinned) {
+    const file = await fromNodeModules(url);
+    assert.ok(file, `${url} is installed in node_modules`);
+    const hash = `sha384-${createHash('sha384').update(file.body).digest('base64')}`;
+    assert.equal(integrity, hash, `${url}: the page's hash is the file's`);
+    if (url.endsWith('.js')) assert.ok(directives['script-src'].includes(url), `${url} in ${csp}`);
+  }
+  // The one inline script is allowed by its hash, and only it.
+  const inline = [...page.matchAll(/<script>([\s\S]*?)<\/script>/g)].map((m) => m[1]);
+  assert.equal(inline.length, 1);
+  const inlineHash = `'sha256-${createHash('sha256').update(inline[0]).digest('base64')}'`;
+  assert.ok(directives['script-src'].includes(inlineHash), `${inlineHash} in ${csp}`);
+});
+
+test('a CDN file changed on its way to the browser is not run', { skip: skipBrowser }, async () => {
+  const browser = await launchChromium();
+  try {
+    const page = await browser.newPage();
+    const policy = await watchPolicy(page);
+    const tampered = 'https://unpkg.com/graphiql@4.1.2/graphiql.min.js';
+    await routeOnlyTheStackAndTheCdn(page, {
+      [tampered]: (body) => Buffer.concat([Buffer.from('window.__tampered = true;\n'), body]),
+    });
+    const loaded = page.waitForEvent('requestfinished', (r) => r.url() === tampered);
+    await page.goto(`${BASE}/`);
+    await loaded;
+    await page.waitForLoadState('load');
+    assert.equal(await page.evaluate(() => window.__tampered), undefined, 'the changed file did not run');
+    assert.equal(await page.evaluate(() => typeof window.GraphiQL), 'undefined');
+    assert.ok(
+      policy.consoleErrors.some((e) => e.includes('integrity') && e.includes(tampered)),
+      JSON.stringify(policy.consoleErrors),
+    );
+    // The untouched files still ran: only the changed one was refused.
+    assert.equal(await page.evaluate(() => typeof window.React), 'object');
   } finally {
     await browser.close();
   }

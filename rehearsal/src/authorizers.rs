@@ -49,10 +49,11 @@ pub struct HttpAuthorizer {
     pub identity_headers: Vec<String>,
     /// How long an answer is cached, by the identity sources' values (0: not cached).
     pub ttl: Duration,
-    /// Answers cached: identity values → (when, the authorizer's context, or `None` when it
-    /// refused).
-    cache: Arc<Mutex<HashMap<Vec<String>, (Instant, Option<Value>)>>>,
+    cache: Arc<Mutex<HashMap<Vec<String>, Cached>>>,
 }
+
+/// A cached answer: when it was given, and the authorizer's context (`None`: it refused).
+type Cached = (Instant, Option<Value>);
 
 /// What the HTTP API's authorizer decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +69,23 @@ pub enum Decision {
 }
 
 impl HttpAuthorizer {
+    /// An authorizer of `routes` that needs `identity_headers` (lower case) and caches its
+    /// answers for `ttl`.
+    pub fn new(
+        function: AuthorizerFunction,
+        routes: Vec<String>,
+        identity_headers: Vec<String>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            function,
+            routes,
+            identity_headers,
+            ttl,
+            cache: Arc::default(),
+        }
+    }
+
     /// Whether it guards `route_key`.
     pub fn guards(&self, route_key: &str) -> bool {
         self.routes.iter().any(|r| r == route_key)
@@ -275,13 +293,12 @@ pub fn http_authorizer(
                 .ok()
         })
         .unwrap_or(if identity_headers.is_empty() { 0 } else { 300 });
-    Ok(Some(HttpAuthorizer {
-        function: function_of(uri, created, functions)?,
-        routes: guarded.into_iter().map(|(_, route)| route).collect(),
+    Ok(Some(HttpAuthorizer::new(
+        function_of(uri, created, functions)?,
+        guarded.into_iter().map(|(_, route)| route).collect(),
         identity_headers,
-        ttl: Duration::from_secs(ttl),
-        cache: Arc::default(),
-    }))
+        Duration::from_secs(ttl),
+    )))
 }
 
 /// The HTTP API's CORS configuration, when its body has one.

@@ -10,6 +10,7 @@ use aws_sdk_apigatewaymanagement::config::{BehaviorVersion, Credentials, Region}
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt as _, StreamExt as _};
+use rehearsal::authorizers::{AuthorizerFunction, ConnectAuthorizer, HttpAuthorizer};
 use rehearsal::http_api::{self, HttpApiSettings, Route};
 use rehearsal::lambda::{Invocation, Invoke};
 use rehearsal::template::Template;
@@ -231,6 +232,133 @@ async fn the_root_is_its_own_route_and_an_unmatched_path_is_not_found() -> anyho
     let response = reqwest::get(format!("http://{address}/graphql")).await?;
     assert_eq!(response.status(), 404);
     assert_eq!(response.text().await?, r#"{"message":"Not Found"}"#);
+    Ok(())
+}
+
+/// A fake authorizer function: allows a request whose `authorization` header is
+/// `Bearer good` (with a context), refuses other values, and fails for `Bearer boom`.
+fn fake_http_authorizer() -> Arc<Fake> {
+    Fake::new(|event: Value| {
+        let authorization = event["headers"]["authorization"]
+            .as_str()
+            .map(str::to_owned);
+        Box::pin(async move {
+            match authorization.as_deref() {
+                Some("Bearer boom") => function_error(),
+                Some("Bearer good") => {
+                    Invocation::Response(json!({"isAuthorized": true, "context": {"write": true}}))
+                }
+                _ => Invocation::Response(json!({"isAuthorized": false})),
+            }
+        })
+    })
+}
+
+fn guarded(
+    authorizer: Arc<Fake>,
+    identity: &[&str],
+    ttl: Duration,
+) -> anyhow::Result<HttpApiSettings> {
+    let mut settings = http_settings()?;
+    settings.authorizer = Some(HttpAuthorizer::new(
+        AuthorizerFunction {
+            logical_id: "AuthorizerFunction".into(),
+            target: authorizer,
+        },
+        vec!["POST /{proxy+}".into()],
+        identity.iter().map(|h| (*h).to_owned()).collect(),
+        ttl,
+    ));
+    Ok(settings)
+}
+
+#[tokio::test]
+async fn a_guarded_route_asks_the_authorizer_as_http_apis_do() -> anyhow::Result<()> {
+    let api = Fake::answering(json!({"statusCode": 200, "body": "ok"}));
+    let authorizer = fake_http_authorizer();
+    let settings = guarded(
+        Arc::clone(&authorizer),
+        &["authorization"],
+        Duration::from_secs(300),
+    )?;
+    let address = http_api(Arc::clone(&api), settings).await?;
+    let client = reqwest::Client::new();
+    let post = |authorization: Option<&'static str>| {
+        let mut request = client.post(format!("http://{address}/graphql")).body("{}");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        request.send()
+    };
+
+    // A missing identity source: 401 without asking the authorizer.
+    let response = post(None).await?;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.text().await?, r#"{"message":"Unauthorized"}"#);
+    assert!(authorizer.events().is_empty());
+    // A refusal: 403, and the function is never invoked.
+    let response = post(Some("Bearer bad")).await?;
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.text().await?, r#"{"message":"Forbidden"}"#);
+    assert!(api.events().is_empty());
+    // A failing authorizer: 500.
+    assert_eq!(post(Some("Bearer boom")).await?.status(), 500);
+    assert!(api.events().is_empty());
+    // Allowed: the context reaches the function in requestContext.authorizer.lambda.
+    assert_eq!(post(Some("Bearer good")).await?.status(), 200);
+    let event = api.events().pop().context("no event")?;
+    assert_eq!(
+        event["requestContext"]["authorizer"]["lambda"],
+        json!({"write": true})
+    );
+    // The authorizer's payload: format 2.0 without the body, with routeArn and identitySource.
+    let question = authorizer.events().pop().context("no authorizer event")?;
+    assert_eq!(question["type"], "REQUEST");
+    assert_eq!(question["version"], "2.0");
+    assert_eq!(question["identitySource"], json!(["Bearer good"]));
+    assert!(
+        question["routeArn"]
+            .as_str()
+            .is_some_and(|arn| arn.ends_with("/$default/POST/graphql"))
+    );
+    assert!(question.get("body").is_none());
+    // Cached by the identity source's value: the same header is not asked about again, and
+    // a cached refusal stays a refusal.
+    let asked = authorizer.events().len();
+    assert_eq!(post(Some("Bearer good")).await?.status(), 200);
+    assert_eq!(post(Some("Bearer bad")).await?.status(), 403);
+    assert_eq!(authorizer.events().len(), asked);
+    // Other routes are not guarded.
+    let response = client.get(format!("http://{address}/")).send().await?;
+    assert_eq!(response.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_identity_sources_every_request_is_asked_and_nothing_is_cached()
+-> anyhow::Result<()> {
+    let api = Fake::answering(json!({"statusCode": 200, "body": "ok"}));
+    let authorizer = fake_http_authorizer();
+    let address = http_api(
+        Arc::clone(&api),
+        guarded(Arc::clone(&authorizer), &[], Duration::ZERO)?,
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("http://{address}/graphql"))
+            .body("{}")
+            .send()
+            .await?;
+        assert_eq!(
+            response.status(),
+            403,
+            "an anonymous request reaches the authorizer"
+        );
+    }
+    assert_eq!(authorizer.events().len(), 3);
+    assert!(api.events().is_empty());
     Ok(())
 }
 
@@ -474,6 +602,80 @@ fn the_websocket_settings_come_from_the_template() -> anyhow::Result<()> {
         (settings.max_message_bytes, settings.max_frame_bytes),
         (131_072, 32_768)
     );
+    Ok(())
+}
+
+/// A `$connect` authorizer that allows `?token=good` (with a context), denies other tokens,
+/// and fails with `Unauthorized` without one, as a function may to have API Gateway answer 401.
+fn fake_connect_authorizer() -> Arc<Fake> {
+    Fake::new(|event: Value| {
+        let token = event["queryStringParameters"]["token"]
+            .as_str()
+            .map(str::to_owned);
+        let arn = event["methodArn"].as_str().unwrap_or_default().to_owned();
+        Box::pin(async move {
+            let effect = match token.as_deref() {
+                None => {
+                    return Invocation::FunctionError(
+                        json!({"errorType": "Error", "errorMessage": "Unauthorized"}),
+                    );
+                }
+                Some("good") => "Allow",
+                Some(_) => "Deny",
+            };
+            Invocation::Response(json!({
+                "principalId": "someone",
+                "policyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Action": "execute-api:Invoke", "Effect": effect, "Resource": arn}
+                ]},
+                "context": {"write": false}
+            }))
+        })
+    })
+}
+
+#[tokio::test]
+async fn connect_asks_the_authorizer_and_only_an_allowing_policy_opens_the_socket()
+-> anyhow::Result<()> {
+    let fake = accepting();
+    let authorizer = fake_connect_authorizer();
+    let mut settings = ws_settings()?;
+    settings.connect_authorizer = Some(ConnectAuthorizer {
+        function: AuthorizerFunction {
+            logical_id: "AuthorizerFunction".into(),
+            target: Arc::clone(&authorizer) as Arc<dyn Invoke>,
+        },
+    });
+    let api = ws_api(Arc::clone(&fake), settings).await?;
+    let status = |result: anyhow::Result<_>| match result {
+        Err(e) => match e.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            _ => 0,
+        },
+        Ok(_) => 101,
+    };
+    assert_eq!(status(connect(&api, "").await), 401);
+    assert_eq!(status(connect(&api, "?token=bad").await), 403);
+    assert!(
+        fake.events().is_empty(),
+        "$connect ran only after an allowing policy"
+    );
+    assert_eq!(api.open_connections(), 0);
+    let question = authorizer.events().pop().context("no authorizer event")?;
+    assert_eq!(question["type"], "REQUEST");
+    assert!(
+        question["methodArn"]
+            .as_str()
+            .is_some_and(|arn| arn.ends_with("/live/$connect"))
+    );
+    assert_eq!(question["requestContext"]["eventType"], "CONNECT");
+
+    let (_socket, _) = connect(&api, "?token=good").await?;
+    assert_eq!(api.open_connections(), 1);
+    let event = fake.events().pop().context("no $connect event")?;
+    let authorizer = &event["requestContext"]["authorizer"];
+    assert_eq!(authorizer["principalId"], "someone", "{event}");
+    assert_eq!(authorizer["write"], false, "{event}");
     Ok(())
 }
 

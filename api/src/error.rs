@@ -40,6 +40,14 @@ pub enum ApiError {
         "this connection already holds {0} subscriptions, the most allowed; complete one first"
     )]
     TooManySubscriptions(usize),
+    /// A connection sent messages faster than its rate; this one was not acted on.
+    #[error(
+        "this connection sends messages faster than allowed ({0} a second, {1} at once); this one was not acted on"
+    )]
+    RateLimited(u32, u32),
+    /// A GraphQL document longer than the API accepts.
+    #[error("the document is longer than the {0} bytes allowed")]
+    QueryTooLarge(usize),
     /// What was asked is not kept here (dead letters on AWS are in SQS).
     #[error("{0}")]
     Unavailable(String),
@@ -60,6 +68,8 @@ impl ApiError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::TooManySubscriptions(_) => "TOO_MANY_SUBSCRIPTIONS",
+            Self::RateLimited(..) => "RATE_LIMITED",
+            Self::QueryTooLarge(_) => "QUERY_TOO_LARGE",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::SubscriptionLagged(_) => "SUBSCRIPTION_LAGGED",
             Self::Internal => "INTERNAL",
@@ -72,6 +82,14 @@ impl ApiError {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// The error as a request-level GraphQL error (no location, no path), for refusals that
+    /// happen outside a resolver: a limit of the document or of the connection.
+    pub fn server_error(&self) -> ServerError {
+        let mut error = ServerError::new(self.to_string(), None);
+        error.extensions = self.extend().extensions;
+        error
     }
 
     /// An invalid book part, reported under `prefix` (e.g. `input`).

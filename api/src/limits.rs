@@ -1,5 +1,6 @@
-//! What a document may ask, checked before validation: how deep it nests, and whether it
-//! introspects where introspection is off.
+//! What a document may ask, checked before validation: how long it is, how deep it nests, and
+//! whether it introspects where introspection is off. What one WebSocket connection may do
+//! (subscriptions, message rate, subscription ids) is in [`connection`].
 //!
 //! Depth: every field counts one level, leaves included (`{ books { nodes { name } } }` is 3 deep),
 //! through fragments and inline fragments as if they were written out. One exception, inside
@@ -17,6 +18,10 @@ use std::sync::Arc;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{ServerError, ServerResult, Value, Variables};
+
+use crate::error::ApiError;
+
+pub mod connection;
 
 /// What a document asks, as far as the limits care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,11 +106,14 @@ impl<'a> Counter<'a> {
     }
 }
 
-/// Refuses, before validation and with `GRAPHQL_VALIDATION_FAILED`, a document deeper than
-/// `max_depth` (async-graphql's own message) and, where introspection is off, one that
-/// introspects (async-graphql alone would answer it with `null` and no word why).
+/// Refuses, before validation: a document longer than `max_query_bytes` (`QUERY_TOO_LARGE`,
+/// before it is parsed), and with `GRAPHQL_VALIDATION_FAILED` one deeper than `max_depth`
+/// (async-graphql's own message) and, where introspection is off, one that introspects
+/// (async-graphql alone would answer it with `null` and no word why).
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentLimits {
+    /// The longest a document may be, in bytes.
+    pub max_query_bytes: usize,
     /// The deepest a document may nest.
     pub max_depth: usize,
     /// Whether `__schema` and `__type` are answered.
@@ -136,6 +144,9 @@ impl Extension for DocumentLimits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        if query.len() > self.max_query_bytes {
+            return Err(ApiError::QueryTooLarge(self.max_query_bytes).server_error());
+        }
         let document = next.run(ctx, query, variables).await?;
         let shape = shape_of(&document);
         if shape.introspects && !self.introspection {

@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::limits::connection::MessageRate;
 
 /// The default of [`ApiOptions::keepalive`], in seconds.
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 15;
@@ -19,6 +20,12 @@ pub const DEFAULT_MAX_COMPLEXITY: usize = 2_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// The default of [`ApiOptions::max_subscriptions_per_connection`].
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 20;
+/// The default of [`ApiOptions::max_query_bytes`]: the AWS subscription schema's too.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 16 * 1024;
+/// The default of [`ApiOptions::max_messages_per_sec`].
+pub const DEFAULT_MAX_MESSAGES_PER_SEC: u32 = 50;
+/// The default of [`ApiOptions::message_burst`].
+pub const DEFAULT_MESSAGE_BURST: u32 = 100;
 
 /// The API's configuration. The defaults suit local play: limits on, no credential required,
 /// introspection and GraphiQL on.
@@ -70,6 +77,32 @@ pub struct ApiOptions {
         help = "The most subscriptions one WebSocket connection may hold"
     )]
     pub max_subscriptions_per_connection: usize,
+    /// The longest GraphQL document, in bytes, on every transport.
+    #[arg(
+        long = "max-query-bytes",
+        env = "OUTBOXDEMO_MAX_QUERY_BYTES",
+        default_value_t = DEFAULT_MAX_QUERY_BYTES,
+        help = "The longest GraphQL document, in bytes (HTTP and WebSocket)"
+    )]
+    pub max_query_bytes: usize,
+    /// How many messages a second one WebSocket connection may send, on average.
+    #[arg(
+        long = "max-messages-per-sec",
+        env = "OUTBOXDEMO_MAX_MESSAGES_PER_SEC",
+        default_value_t = DEFAULT_MAX_MESSAGES_PER_SEC,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help = "Messages a second one WebSocket connection may send, on average"
+    )]
+    pub max_messages_per_sec: u32,
+    /// How many messages one WebSocket connection may send at once.
+    #[arg(
+        long = "message-burst",
+        env = "OUTBOXDEMO_MESSAGE_BURST",
+        default_value_t = DEFAULT_MESSAGE_BURST,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help = "Messages one WebSocket connection may send at once"
+    )]
+    pub message_burst: u32,
     /// Whether `__schema` / `__type` introspection is answered.
     #[arg(
         long = "no-introspection",
@@ -140,11 +173,24 @@ impl Default for ApiOptions {
             max_complexity: DEFAULT_MAX_COMPLEXITY,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
+            max_messages_per_sec: DEFAULT_MAX_MESSAGES_PER_SEC,
+            message_burst: DEFAULT_MESSAGE_BURST,
             introspection: true,
             graphiql: true,
             auth_token: None,
             graphiql_subscriptions_url: None,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl ApiOptions {
+    /// How fast one WebSocket connection may send.
+    pub fn message_rate(&self) -> MessageRate {
+        MessageRate {
+            per_sec: self.max_messages_per_sec,
+            burst: self.message_burst,
         }
     }
 }
@@ -240,11 +286,22 @@ mod tests {
             "--no-introspection",
             "--no-graphiql",
             "--max-subscriptions=2",
+            "--max-query-bytes=100",
+            "--max-messages-per-sec=5",
+            "--message-burst=7",
             "--auth-token=s3cret",
         ]);
         assert_eq!(options.keepalive, Duration::from_secs(3));
         assert!(!options.introspection && !options.graphiql);
         assert_eq!(options.max_subscriptions_per_connection, 2);
+        assert_eq!(options.max_query_bytes, 100);
+        assert_eq!(
+            options.message_rate(),
+            MessageRate {
+                per_sec: 5,
+                burst: 7
+            }
+        );
         assert_eq!(
             options.auth_token.as_ref().map(ExposeSecret::expose_secret),
             Some("s3cret")

@@ -50,12 +50,7 @@ pub fn build_schema_with(
     dead_letters: Option<Arc<dyn DeadLetterFeed>>,
     options: &ApiOptions,
 ) -> ApiSchema {
-    let mut builder = builder()
-        .extension(DocumentLimits {
-            max_depth: options.max_depth,
-            introspection: options.introspection,
-        })
-        .limit_complexity(options.max_complexity)
+    let mut builder = limited(builder(), options)
         .data(books)
         .data(activity)
         .data(events)
@@ -63,16 +58,34 @@ pub fn build_schema_with(
     if let Some(dead_letters) = dead_letters {
         builder = builder.data(dead_letters);
     }
-    if !options.introspection {
-        builder = builder.disable_introspection();
-    }
     builder.finish()
 }
 
+/// The limits every schema is held to, local or on AWS: the document's size, depth and
+/// complexity, and introspection.
+fn limited(
+    builder: SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot>,
+    options: &ApiOptions,
+) -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    let builder = builder
+        .extension(DocumentLimits {
+            max_query_bytes: options.max_query_bytes,
+            max_depth: options.max_depth,
+            introspection: options.introspection,
+        })
+        .limit_complexity(options.max_complexity);
+    if options.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    }
+}
+
 /// The schema with no stores: enough to validate and run subscriptions, whose events come with
-/// each request (see [`crate::gateway::run_against`]).
+/// each request (see [`crate::gateway::run_against`]). It has the local schema's limits, from
+/// the default [`ApiOptions`], so a subscription is refused on AWS as it is locally.
 pub fn subscription_schema() -> ApiSchema {
-    builder().finish()
+    limited(builder(), &ApiOptions::default()).finish()
 }
 
 /// The schema in SDL, as checked in at `schema.graphql`: what introspection answers, scalars'

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use api::dynamo::{DynamoActivityFeed, DynamoBookStore};
 use api::gateway::{self, ConnectionStore as _, DynamoConnectionStore, ManagementApi, Notified};
+use api::limits::connection::{ConnectionLimits, MessageRate};
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::{Value, json};
@@ -23,6 +24,7 @@ struct Fixture {
     recorder: RecordingManagementApi,
     api: ManagementApi,
     schema: api::ApiSchema,
+    limits: ConnectionLimits,
 }
 
 impl Fixture {
@@ -43,14 +45,21 @@ impl Fixture {
             recorder,
             api,
             schema: api::schema::subscription_schema(),
+            limits: ConnectionLimits::default(),
         }
     }
 
     async fn send(&self, event: Value) -> Value {
         let request: ApiGatewayWebsocketProxyRequest = serde_json::from_value(event).unwrap();
-        let response = gateway::handle_message(request, &self.schema, &self.connections, &self.api)
-            .await
-            .unwrap();
+        let response = gateway::handle_message(
+            request,
+            &self.schema,
+            &self.connections,
+            &self.api,
+            &self.limits,
+        )
+        .await
+        .unwrap();
         serde_json::to_value(response).unwrap()
     }
 
@@ -413,4 +422,209 @@ impl processor::PoisonRecords for NoPoison {
     ) -> Result<(), processor::SetAsideError> {
         panic!("{} set aside: {reason}", record.event_id)
     }
+}
+
+const EVENTS: &str = "subscription { bookEvents { eventId type } }";
+
+fn subscribe(id: &str, query: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "payload": {"query": query}})
+}
+
+impl Fixture {
+    /// Connects and initialises `connection`.
+    async fn initialized(&self, connection: &str) {
+        self.send(route(connection, "$connect", None)).await;
+        self.send(message(connection, json!({"type": "connection_init"})))
+            .await;
+    }
+
+    /// The ids of the subscriptions stored for `connection`.
+    async fn stored(&self, connection: &str) -> Vec<String> {
+        self.rows(connection)
+            .await
+            .into_iter()
+            .filter_map(|sk| sk.strip_prefix("sub#").map(str::to_owned))
+            .collect()
+    }
+
+    /// The codes of the `error` messages `connection` was sent.
+    fn error_codes(&self, connection: &str) -> Vec<String> {
+        self.recorder
+            .messages(connection)
+            .iter()
+            .filter(|m| m["type"] == "error")
+            .map(|m| {
+                m["payload"][0]["extensions"]["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// The attack of #14: one anonymous connection sends 1,000 subscribes. At most the cap (20,
+/// as locally) is stored, the counter on the connection row says so, every other subscribe is
+/// refused with TOO_MANY_SUBSCRIPTIONS or RATE_LIMITED, and the 20 still get their events; a
+/// `complete` frees a place.
+#[tokio::test]
+async fn a_thousand_subscribes_on_one_connection_store_at_most_the_cap() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    f.initialized("c1").await;
+    for i in 0..1000 {
+        f.send(message("c1", subscribe(&format!("s{i}"), EVENTS)))
+            .await;
+    }
+    assert_eq!(f.stored("c1").await.len(), 20);
+    let codes = f.error_codes("c1");
+    assert_eq!(codes.len(), 980, "every other subscribe is answered");
+    assert!(
+        codes
+            .iter()
+            .all(|code| code == "TOO_MANY_SUBSCRIPTIONS" || code == "RATE_LIMITED"),
+        "{codes:?}"
+    );
+    assert!(codes.iter().any(|code| code == "TOO_MANY_SUBSCRIPTIONS"));
+    assert!(f.recorder.deleted().is_empty(), "the connection stays open");
+
+    // The 20 still work.
+    let dune = json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965});
+    let notified = gateway::notify(
+        bus_event("outboxdemo.added", "e1", dune),
+        &f.schema,
+        &f.connections,
+        &f.api,
+    )
+    .await
+    .unwrap();
+    assert_eq!(notified.sent, 20);
+
+    // complete frees a place (the counter goes down with the row), and only one.
+    let first = f.stored("c1").await[0].clone();
+    f.send(message("c1", json!({"type": "complete", "id": first})))
+        .await;
+    f.send(message("c1", json!({"type": "complete", "id": first})))
+        .await;
+    f.send(message("c1", subscribe("again", EVENTS))).await;
+    f.send(message("c1", subscribe("more", EVENTS))).await;
+    let stored = f.stored("c1").await;
+    assert_eq!(stored.len(), 20);
+    assert!(stored.contains(&"again".to_owned()));
+    assert_eq!(
+        f.error_codes("c1").last().map(String::as_str),
+        Some("TOO_MANY_SUBSCRIPTIONS")
+    );
+}
+
+/// A connection over its message rate gets RATE_LIMITED for a subscribe and nothing for other
+/// messages, and nothing it asked is done.
+#[tokio::test]
+async fn a_connection_over_its_rate_is_refused_and_nothing_it_asks_is_done() {
+    let endpoint = testing::emulator!();
+    let mut f = Fixture::new(&endpoint).await;
+    f.limits = ConnectionLimits {
+        rate: MessageRate {
+            per_sec: 1,
+            burst: 3,
+        },
+        ..ConnectionLimits::default()
+    };
+    f.initialized("c1").await; // one token
+    f.send(message("c1", json!({"type": "ping"}))).await;
+    f.send(message("c1", json!({"type": "ping"}))).await; // the burst is spent
+    f.send(message("c1", subscribe("s", EVENTS))).await;
+    f.send(message("c1", json!({"type": "ping"}))).await;
+    let messages = f.recorder.messages("c1");
+    assert_eq!(
+        messages[..3],
+        [
+            json!({"type": "connection_ack"}),
+            json!({"type": "pong"}),
+            json!({"type": "pong"})
+        ]
+    );
+    assert_eq!(messages.len(), 4, "no pong for the ping over the rate");
+    assert_eq!(messages[3]["id"], "s");
+    assert_eq!(
+        messages[3]["payload"][0]["extensions"]["code"],
+        "RATE_LIMITED"
+    );
+    assert!(f.stored("c1").await.is_empty());
+}
+
+/// An id longer than 128 characters (or with control characters) closes the connection, as a
+/// message the protocol cannot accept, and stores nothing; one past DynamoDB's key size does not
+/// fail the Lambda. The longest id, in 4-byte characters, fits the sort key.
+#[tokio::test]
+async fn an_over_long_subscription_id_closes_the_connection_and_stores_nothing() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    for (connection, id) in [
+        ("c1", "x".repeat(129)),
+        ("c2", "x".repeat(2000)),
+        ("c3", "a\u{7}b".to_owned()),
+    ] {
+        f.initialized(connection).await;
+        let response = f.send(message(connection, subscribe(&id, EVENTS))).await;
+        assert_eq!(response["statusCode"], 200);
+        assert_eq!(
+            f.recorder.deleted().last().map(String::as_str),
+            Some(connection)
+        );
+        assert!(f.stored(connection).await.is_empty());
+    }
+    let widest = "😀".repeat(128);
+    f.initialized("c4").await;
+    f.send(message("c4", subscribe(&widest, EVENTS))).await;
+    assert_eq!(f.stored("c4").await, [widest]);
+}
+
+/// The AWS subscription schema has the local limits: too deep, too complex and too long
+/// documents are refused with the local codes, and nothing is stored.
+#[tokio::test]
+async fn deep_complex_and_huge_subscriptions_are_refused_on_aws_with_the_local_codes() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    f.initialized("c1").await;
+    let deep = format!(
+        "subscription {{ bookEvents {{ {} eventId {} }} }}",
+        "book { ".repeat(12),
+        "}".repeat(12)
+    );
+    let fields: String = (0..60).map(|i| format!("a{i}: eventId ")).collect();
+    let complex = format!(
+        "subscription {{ bookEvents {{ {} }} }} fragment F on BookEvent {{ {fields} }}",
+        "...F ".repeat(40)
+    );
+    let huge = format!(
+        "# {}\nsubscription {{ bookEvents {{ eventId }} }}",
+        "x".repeat(16 * 1024)
+    );
+    for (id, query, code, words) in [
+        ("deep", deep, "GRAPHQL_VALIDATION_FAILED", "nested too deep"),
+        (
+            "complex",
+            complex,
+            "GRAPHQL_VALIDATION_FAILED",
+            "too complex",
+        ),
+        (
+            "huge",
+            huge,
+            "QUERY_TOO_LARGE",
+            "longer than the 16384 bytes",
+        ),
+    ] {
+        f.send(message("c1", subscribe(id, &query))).await;
+        let error = f.recorder.messages("c1").pop().unwrap();
+        assert_eq!(
+            (error["type"].as_str(), error["id"].as_str()),
+            (Some("error"), Some(id))
+        );
+        assert_eq!(error["payload"][0]["extensions"]["code"], code, "{error}");
+        let message = error["payload"][0]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{message}");
+    }
+    assert!(f.stored("c1").await.is_empty());
 }

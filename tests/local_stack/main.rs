@@ -3,6 +3,8 @@
 //! - `support`: [`support::spawn_app`] and the GraphQL helpers every test here uses.
 //! - `http`: the API as a user meets it, and what the consumers did, across a restart.
 //! - `operations`: what operators rely on: fault injection, dead letters, limits, the credential.
+//! - `limits`: the attacks on input and limits: look-alike and bidi names, over-long
+//!   subscription ids, 1,000 subscribes on one socket, a socket over its rate, huge documents.
 //! - `upgrade`: a data directory of an older version, upgraded in place.
 //! - `web`: pages on other origins: the socket's allow-list, CORS, and dead letters behind
 //!   the credential.
@@ -12,6 +14,7 @@
 
 mod data_dir;
 mod http;
+mod limits;
 mod operations;
 mod support;
 mod upgrade;

@@ -22,9 +22,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
+    // The local socket's limits, at their defaults (the schema's too).
     let schema = api::schema::subscription_schema();
-    let (aws, schema, connections, fixed) =
-        (&aws, &schema, &connections, &config.websocket_endpoint);
+    let limits = api::limits::connection::ConnectionLimits::default();
+    let (aws, schema, connections, limits, fixed) = (
+        &aws,
+        &schema,
+        &connections,
+        &limits,
+        &config.websocket_endpoint,
+    );
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
             let endpoint = fixed
@@ -33,7 +40,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 .ok_or("the request names no API Gateway domain and stage")?;
             let api = ManagementApi::new(aws, &endpoint);
             Ok::<_, lambda_runtime::Error>(
-                api::gateway::handle_message(event.payload, schema, connections, &api).await?,
+                api::gateway::handle_message(event.payload, schema, connections, &api, limits)
+                    .await?,
             )
         },
     ))

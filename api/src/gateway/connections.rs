@@ -4,14 +4,28 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, DeleteRequest, Put, TransactWriteItem, Update, WriteRequest,
+};
 use serde_json::Value;
 
-use super::{ConnectionStore, GatewayError, ROW_LIFETIME_SECS, StoredSubscription};
+use super::{
+    Added, ConnectionState, ConnectionStore, GatewayError, ROW_LIFETIME_SECS, StoredSubscription,
+};
+use crate::limits::connection::{MessageRate, TokenBucket};
 use crate::sdk::error_text;
 
-/// The connections table: per connection one `connection` row (is it initialised?) and one
-/// `sub#<id>` row per subscription, all expiring by TTL.
+/// The connections table: per connection one `connection` row (is it initialised, how many
+/// subscriptions does it hold, its message bucket) and one `sub#<id>` row per subscription,
+/// all expiring by TTL.
+///
+/// The subscription count and the `sub#` rows change together in one transaction whose
+/// conditions hold the count to its limit, so concurrent subscribes of one connection (API
+/// Gateway invokes the Lambda once per message, concurrently) cannot pass it
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html>).
+/// The bucket is read, then written on the condition that it is still what was read
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html>).
 #[derive(Debug, Clone)]
 pub struct DynamoConnectionStore {
     client: aws_sdk_dynamodb::Client,
@@ -22,6 +36,34 @@ const CONNECTION_ROW: &str = "connection";
 const SUBSCRIPTION_PREFIX: &str = "sub#";
 /// The most items one BatchWriteItem call takes.
 const BATCH_WRITE_MAX: usize = 25;
+/// How often a token is tried when other messages of the connection keep changing the bucket
+/// first; a connection that busy is over its rate.
+const TOKEN_TRIES: usize = 3;
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn number(row: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
+    row.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// Which items of a cancelled transaction had a condition fail; `None` when it failed for
+/// another reason.
+fn failed_conditions(
+    error: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>,
+) -> Option<Vec<bool>> {
+    match error.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => Some(
+            cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|reason| reason.code() == Some("ConditionalCheckFailed"))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -128,7 +170,10 @@ impl ConnectionStore for DynamoConnectionStore {
         written(result, |e| e.is_conditional_check_failed_exception())
     }
 
-    async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError> {
+    async fn connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionState>, GatewayError> {
         let output = self
             .client
             .get_item()
@@ -139,20 +184,96 @@ impl ConnectionStore for DynamoConnectionStore {
             .send()
             .await
             .map_err(table_error)?;
-        Ok(output
-            .item
-            .and_then(|row| {
-                row.get("initialized")
-                    .and_then(|v| v.as_bool().ok())
-                    .copied()
-            })
-            .unwrap_or(false))
+        Ok(output.item.map(|row| ConnectionState {
+            initialized: row
+                .get("initialized")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+            subscriptions: number(&row, "subscriptions")
+                .and_then(|count| usize::try_from(count).ok())
+                .unwrap_or(0),
+        }))
     }
 
-    async fn add(&self, subscription: &StoredSubscription) -> Result<bool, GatewayError> {
-        let mut put = self
-            .client
-            .put_item()
+    async fn take_token(
+        &self,
+        connection_id: &str,
+        rate: MessageRate,
+        now_ms: i64,
+    ) -> Result<bool, GatewayError> {
+        for _ in 0..TOKEN_TRIES {
+            let row = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("connectionId", s(connection_id))
+                .key("sk", s(CONNECTION_ROW))
+                .projection_expression("rateTokens, rateAt")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(table_error)?
+                .item;
+            let Some(row) = row else {
+                return Ok(true); // not open: the protocol answers what it sends
+            };
+            let held = number(&row, "rateTokens").zip(number(&row, "rateAt"));
+            let bucket = held.map_or_else(
+                || TokenBucket::full(rate, now_ms),
+                |(milli_tokens, at_ms)| TokenBucket {
+                    milli_tokens,
+                    at_ms,
+                },
+            );
+            let Some(taken) = bucket.take(rate, now_ms) else {
+                return Ok(false);
+            };
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("connectionId", s(connection_id))
+                .key("sk", s(CONNECTION_ROW))
+                .update_expression("SET rateTokens = :tokens, rateAt = :at")
+                .expression_attribute_values(":tokens", n(taken.milli_tokens))
+                .expression_attribute_values(":at", n(taken.at_ms));
+            let update = match held {
+                None => update
+                    .condition_expression("attribute_exists(sk) AND attribute_not_exists(rateAt)"),
+                Some(_) => update
+                    .condition_expression("rateTokens = :held AND rateAt = :heldAt")
+                    .expression_attribute_values(":held", n(bucket.milli_tokens))
+                    .expression_attribute_values(":heldAt", n(bucket.at_ms)),
+            };
+            if written(update.send().await, |e| {
+                e.is_conditional_check_failed_exception()
+            })? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn add(
+        &self,
+        subscription: &StoredSubscription,
+        max: usize,
+    ) -> Result<Added, GatewayError> {
+        let count = Update::builder()
+            .table_name(&self.table)
+            .key("connectionId", s(&subscription.connection_id))
+            .key("sk", s(CONNECTION_ROW))
+            .update_expression("SET subscriptions = if_not_exists(subscriptions, :zero) + :one")
+            .condition_expression(
+                "attribute_exists(sk) AND (attribute_not_exists(subscriptions) OR subscriptions < :max)",
+            )
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max))
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let mut put = Put::builder()
             .table_name(&self.table)
             .item("connectionId", s(&subscription.connection_id))
             .item("sk", s(format!("{SUBSCRIPTION_PREFIX}{}", subscription.id)))
@@ -164,21 +285,57 @@ impl ConnectionStore for DynamoConnectionStore {
         if let Some(name) = &subscription.operation_name {
             put = put.item("operationName", s(name));
         }
-        written(put.send().await, |e| {
-            e.is_conditional_check_failed_exception()
-        })
+        let put = put
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Added::Stored),
+            Err(error) => match failed_conditions(&error).as_deref() {
+                // A duplicate first, as the local socket (async-graphql) answers it.
+                Some([_, true]) => Ok(Added::Duplicate),
+                Some([true, _]) => Ok(Added::TooMany),
+                _ => Err(table_error(error)),
+            },
+        }
     }
 
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
-        self.client
-            .delete_item()
+        let delete = Delete::builder()
             .table_name(&self.table)
             .key("connectionId", s(connection_id))
             .key("sk", s(format!("{SUBSCRIPTION_PREFIX}{id}")))
+            .condition_expression("attribute_exists(sk)")
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let count = Update::builder()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("sk", s(CONNECTION_ROW))
+            .update_expression("SET subscriptions = subscriptions - :one")
+            .condition_expression("subscriptions >= :one")
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().update(count).build())
             .send()
-            .await
-            .map_err(table_error)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // No such subscription (or its connection row is gone): nothing to free.
+            Err(error) if failed_conditions(&error).is_some_and(|f| f.contains(&true)) => Ok(()),
+            Err(error) => Err(table_error(error)),
+        }
     }
 
     async fn close(&self, connection_id: &str) -> Result<(), GatewayError> {

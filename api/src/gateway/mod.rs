@@ -9,6 +9,12 @@
 //! ([`ConnectionSender`]). One subscription schema, two transports: the execution is
 //! [`run_against`] here, the live stream locally.
 //!
+//! Each connection is held to the local socket's limits
+//! ([`ConnectionLimits`](crate::limits::connection::ConnectionLimits)), kept in its row of the
+//! connections table: a token bucket every message takes from, and a subscription count that a
+//! transaction holds to the cap; a subscription id is 1 to 128 characters. Where the local socket
+//! and this path could answer differently, they answer the same.
+//!
 //! The protocol (`protocol`) and the fan-out (`notify`) reach AWS only through two ports,
 //! [`ConnectionStore`] and [`ConnectionSender`] ([`ports`]); their adapters, the DynamoDB
 //! connections table (`DynamoConnectionStore`) and the Management API client
@@ -35,7 +41,7 @@ pub use error::GatewayError;
 #[cfg(feature = "aws")]
 pub use management::ManagementApi;
 pub use notify::{Notified, notify};
-pub use ports::{ConnectionSender, ConnectionStore, StoredSubscription};
+pub use ports::{Added, ConnectionSender, ConnectionState, ConnectionStore, StoredSubscription};
 pub use protocol::handle_message;
 
 /// The only WebSocket subprotocol spoken on AWS.

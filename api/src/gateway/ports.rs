@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::GatewayError;
+use crate::limits::connection::MessageRate;
 
 /// A subscription as stored: which connection, which id, and the request to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +33,28 @@ impl StoredSubscription {
     }
 }
 
+/// What the table knows of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionState {
+    /// Whether it has sent its `connection_init`.
+    pub initialized: bool,
+    /// How many subscriptions it holds.
+    pub subscriptions: usize,
+}
+
+/// What [`ConnectionStore::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// The subscription is stored.
+    Stored,
+    /// Nothing is stored: the connection already has a subscription with this id.
+    Duplicate,
+    /// Nothing is stored: the connection holds the most subscriptions allowed.
+    TooMany,
+}
+
 /// What each connection is and has subscribed to: per connection whether it is initialised,
-/// and its subscriptions.
+/// how fast it has been sending, and its subscriptions.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
     /// Records a new connection, not yet initialised.
@@ -41,11 +62,29 @@ pub trait ConnectionStore: Send + Sync {
     /// Marks the connection initialised; false when it already was (a second
     /// `connection_init`, which the protocol forbids).
     async fn initialize(&self, connection_id: &str) -> Result<bool, GatewayError>;
-    /// Whether the connection has sent its `connection_init`.
-    async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError>;
-    /// Stores a subscription; false when the connection already has one with this id.
-    async fn add(&self, subscription: &StoredSubscription) -> Result<bool, GatewayError>;
-    /// Removes one subscription (`complete`).
+    /// The connection's state; `None` for a connection that is not open.
+    async fn connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionState>, GatewayError>;
+    /// Takes one message's token from the connection's bucket at `now_ms`
+    /// ([`crate::limits::connection::TokenBucket::take`]), atomically however many messages
+    /// of the connection are handled at once; false, and nothing written, when the message is
+    /// over the rate.
+    async fn take_token(
+        &self,
+        connection_id: &str,
+        rate: MessageRate,
+        now_ms: i64,
+    ) -> Result<bool, GatewayError>;
+    /// Stores a subscription, unless the connection has one with its id or holds `max`
+    /// already; the count and the subscription change together.
+    async fn add(
+        &self,
+        subscription: &StoredSubscription,
+        max: usize,
+    ) -> Result<Added, GatewayError>;
+    /// Removes one subscription (`complete`), freeing its place.
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError>;
     /// Removes the connection and all its subscriptions.
     async fn close(&self, connection_id: &str) -> Result<(), GatewayError>;

@@ -6,10 +6,12 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use serde_json::{Value, json};
 
 use super::{
-    ConnectionSender, ConnectionStore, GatewayError, PROTOCOL, StoredSubscription, run_against,
+    Added, ConnectionSender, ConnectionStore, GatewayError, PROTOCOL, StoredSubscription,
+    run_against,
 };
-use crate::ApiSchema;
+use crate::limits::connection::{self, ConnectionLimits, INVALID_SUBSCRIPTION_ID};
 use crate::operation::operation_type;
+use crate::{ApiError, ApiSchema};
 
 fn respond(status: i64) -> ApiGatewayProxyResponse {
     let mut response = ApiGatewayProxyResponse::default();
@@ -21,12 +23,15 @@ fn respond(status: i64) -> ApiGatewayProxyResponse {
 ///
 /// Errors of the client's making are answered in the protocol (an `error` message, or closing
 /// the connection); only failures of the table or the Management API are errors here, so that
-/// API Gateway tells the client the message failed.
+/// API Gateway tells the client the message failed. The connection is held to `limits` as the
+/// local socket holds it: every message takes a token from its bucket, a subscribe needs a
+/// valid id and a free place.
 pub async fn handle_message(
     request: ApiGatewayWebsocketProxyRequest,
     schema: &ApiSchema,
     connections: &dyn ConnectionStore,
     api: &dyn ConnectionSender,
+    limits: &ConnectionLimits,
 ) -> Result<ApiGatewayProxyResponse, GatewayError> {
     let context = &request.request_context;
     let Some(connection_id) = context.connection_id.clone() else {
@@ -61,113 +66,151 @@ pub async fn handle_message(
         }
         _ => {
             let body = request.body.as_deref().unwrap_or_default();
-            on_message(&connection_id, body, schema, connections, api).await?;
+            let client = Client {
+                connection_id: &connection_id,
+                schema,
+                connections,
+                api,
+                limits,
+            };
+            client.on_message(body).await?;
             Ok(respond(200))
         }
     }
 }
 
-async fn on_message(
-    connection_id: &str,
-    body: &str,
-    schema: &ApiSchema,
-    connections: &dyn ConnectionStore,
-    api: &dyn ConnectionSender,
-) -> Result<(), GatewayError> {
-    let Ok(message) = serde_json::from_str::<Value>(body) else {
-        return api
-            .close(connection_id, 4400, "Invalid message received")
-            .await;
-    };
-    match message["type"].as_str() {
-        Some("connection_init") => {
-            // The place for authentication: read a credential from message["payload"] and
-            // close with 4403 when it does not hold.
-            if connections.initialize(connection_id).await? {
-                api.send(connection_id, &json!({"type": "connection_ack"}))
-                    .await
-            } else {
-                api.close(connection_id, 4429, "Too many initialisation requests")
-                    .await
-            }
-        }
-        Some("ping") => api.send(connection_id, &json!({"type": "pong"})).await,
-        Some("pong") => Ok(()),
-        Some("subscribe") => subscribe(connection_id, &message, schema, connections, api).await,
-        Some("complete") => match message["id"].as_str() {
-            Some(id) => connections.remove(connection_id, id).await,
-            None => {
-                api.close(connection_id, 4400, "complete without an id")
-                    .await
-            }
-        },
-        _ => {
-            api.close(connection_id, 4400, "Invalid message received")
-                .await
-        }
-    }
+/// One message's connection and what handling it needs.
+struct Client<'a> {
+    connection_id: &'a str,
+    schema: &'a ApiSchema,
+    connections: &'a dyn ConnectionStore,
+    api: &'a dyn ConnectionSender,
+    limits: &'a ConnectionLimits,
 }
 
-async fn subscribe(
-    connection_id: &str,
-    message: &Value,
-    schema: &ApiSchema,
-    connections: &dyn ConnectionStore,
-    api: &dyn ConnectionSender,
-) -> Result<(), GatewayError> {
-    let (Some(id), Some(query)) = (message["id"].as_str(), message["payload"]["query"].as_str())
-    else {
-        return api
-            .close(connection_id, 4400, "subscribe needs an id and a query")
-            .await;
-    };
-    if !connections.is_initialized(connection_id).await? {
-        return api.close(connection_id, 4401, "Unauthorized").await;
+impl Client<'_> {
+    async fn on_message(&self, body: &str) -> Result<(), GatewayError> {
+        let message = serde_json::from_str::<Value>(body);
+        let rate = self.limits.rate;
+        let now = connection::now_ms();
+        if !self
+            .connections
+            .take_token(self.connection_id, rate, now)
+            .await?
+        {
+            // The protocol can answer a refused subscribe; other messages have no answer.
+            return match message {
+                Ok(message) if message["type"] == "subscribe" => match message["id"].as_str() {
+                    Some(id) => {
+                        let error = ApiError::RateLimited(rate.per_sec, rate.burst);
+                        self.error(id, &error).await
+                    }
+                    None => Ok(()),
+                },
+                _ => Ok(()),
+            };
+        }
+        let Ok(message) = message else {
+            return self.close(4400, "Invalid message received").await;
+        };
+        match message["type"].as_str() {
+            Some("connection_init") => {
+                // The place for authentication: read a credential from message["payload"] and
+                // close with 4403 when it does not hold.
+                if self.connections.initialize(self.connection_id).await? {
+                    self.send(&json!({"type": "connection_ack"})).await
+                } else {
+                    self.close(4429, "Too many initialisation requests").await
+                }
+            }
+            Some("ping") => self.send(&json!({"type": "pong"})).await,
+            Some("pong") => Ok(()),
+            Some("subscribe") => self.subscribe(&message).await,
+            Some("complete") => match message["id"].as_str() {
+                // An invalid id names no subscription: there is nothing to remove.
+                Some(id) if connection::valid_subscription_id(id) => {
+                    self.connections.remove(self.connection_id, id).await
+                }
+                Some(_) => Ok(()),
+                None => self.close(4400, "complete without an id").await,
+            },
+            _ => self.close(4400, "Invalid message received").await,
+        }
     }
-    let subscription = StoredSubscription {
-        connection_id: connection_id.to_owned(),
-        id: id.to_owned(),
-        query: query.to_owned(),
-        variables: message["payload"]["variables"].clone(),
-        operation_name: message["payload"]["operationName"]
-            .as_str()
-            .map(str::to_owned),
-    };
-    if operation_of(&subscription).is_some_and(|ty| ty != OperationType::Subscription) {
-        let error = json!([{"message": "only subscriptions are served over this socket; use /graphql for queries and mutations", "extensions": {"code": "BAD_REQUEST"}}]);
-        return api
-            .send(
-                connection_id,
-                &json!({"type": "error", "id": id, "payload": error}),
-            )
-            .await;
+
+    async fn subscribe(&self, message: &Value) -> Result<(), GatewayError> {
+        let (Some(id), Some(query)) =
+            (message["id"].as_str(), message["payload"]["query"].as_str())
+        else {
+            return self.close(4400, "subscribe needs an id and a query").await;
+        };
+        if !connection::valid_subscription_id(id) {
+            return self.close(4400, INVALID_SUBSCRIPTION_ID).await;
+        }
+        let state = self.connections.connection(self.connection_id).await?;
+        if !state.is_some_and(|state| state.initialized) {
+            return self.close(4401, "Unauthorized").await;
+        }
+        // Refused before the document is looked at, as the local socket refuses it; `add`
+        // holds the count atomically whatever happens in between.
+        let max = self.limits.max_subscriptions;
+        if state.is_some_and(|state| state.subscriptions >= max) {
+            return self.error(id, &ApiError::TooManySubscriptions(max)).await;
+        }
+        let subscription = StoredSubscription {
+            connection_id: self.connection_id.to_owned(),
+            id: id.to_owned(),
+            query: query.to_owned(),
+            variables: message["payload"]["variables"].clone(),
+            operation_name: message["payload"]["operationName"]
+                .as_str()
+                .map(str::to_owned),
+        };
+        if operation_of(&subscription).is_some_and(|ty| ty != OperationType::Subscription) {
+            let error = json!([{"message": "only subscriptions are served over this socket; use /graphql for queries and mutations", "extensions": {"code": "BAD_REQUEST"}}]);
+            return self
+                .send(&json!({"type": "error", "id": id, "payload": error}))
+                .await;
+        }
+        // Checked with the very schema that will run it, against no events: a document that
+        // does not parse or validate (or is over a limit) answers with its errors right away.
+        let errors: Vec<Value> = run_against(self.schema, subscription.request(), Vec::new())
+            .await
+            .into_iter()
+            .flat_map(|response| response.errors)
+            .map(|error| serde_json::to_value(error).unwrap_or_default())
+            .collect();
+        if !errors.is_empty() {
+            return self
+                .send(&json!({"type": "error", "id": id, "payload": errors}))
+                .await;
+        }
+        match self.connections.add(&subscription, max).await? {
+            Added::Stored => {
+                tracing::info!(connection_id = self.connection_id, id, "subscribed");
+                Ok(())
+            }
+            Added::Duplicate => {
+                self.close(4409, &format!("Subscriber for {id} already exists"))
+                    .await
+            }
+            Added::TooMany => self.error(id, &ApiError::TooManySubscriptions(max)).await,
+        }
     }
-    // Checked with the very schema that will run it, against no events: a document that does
-    // not parse or validate answers with its errors right away.
-    let errors: Vec<Value> = run_against(schema, subscription.request(), Vec::new())
-        .await
-        .into_iter()
-        .flat_map(|response| response.errors)
-        .map(|error| serde_json::to_value(error).unwrap_or_default())
-        .collect();
-    if !errors.is_empty() {
-        return api
-            .send(
-                connection_id,
-                &json!({"type": "error", "id": id, "payload": errors}),
-            )
-            .await;
+
+    /// Sends the protocol's `error` message for subscription `id`.
+    async fn error(&self, id: &str, error: &ApiError) -> Result<(), GatewayError> {
+        let error = serde_json::to_value(error.server_error()).unwrap_or_default();
+        self.send(&json!({"type": "error", "id": id, "payload": [error]}))
+            .await
     }
-    if connections.add(&subscription).await? {
-        tracing::info!(connection_id, id, "subscribed");
-        Ok(())
-    } else {
-        api.close(
-            connection_id,
-            4409,
-            &format!("Subscriber for {id} already exists"),
-        )
-        .await
+
+    async fn send(&self, message: &Value) -> Result<(), GatewayError> {
+        self.api.send(self.connection_id, message).await
+    }
+
+    async fn close(&self, code: u16, reason: &str) -> Result<(), GatewayError> {
+        self.api.close(self.connection_id, code, reason).await
     }
 }
 

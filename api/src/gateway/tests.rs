@@ -9,9 +9,15 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::limits::connection::{ConnectionLimits, MessageRate, TokenBucket};
 
-/// A connection: whether it is initialised, and its subscriptions by id.
-type Connection = (bool, BTreeMap<String, StoredSubscription>);
+/// A connection: whether it is initialised, its subscriptions by id, and its message bucket.
+#[derive(Default)]
+struct Connection {
+    initialized: bool,
+    subscriptions: BTreeMap<String, StoredSubscription>,
+    bucket: Option<TokenBucket>,
+}
 
 /// The connections by id.
 #[derive(Default)]
@@ -21,34 +27,65 @@ struct MemoryConnections(Mutex<BTreeMap<String, Connection>>);
 impl ConnectionStore for MemoryConnections {
     async fn open(&self, connection_id: &str) -> Result<(), GatewayError> {
         let mut rows = self.0.lock().unwrap();
-        rows.insert(connection_id.to_owned(), (false, BTreeMap::new()));
+        rows.insert(connection_id.to_owned(), Connection::default());
         Ok(())
     }
     async fn initialize(&self, connection_id: &str) -> Result<bool, GatewayError> {
         let mut rows = self.0.lock().unwrap();
         let row = rows.entry(connection_id.to_owned()).or_default();
-        Ok(!std::mem::replace(&mut row.0, true))
+        Ok(!std::mem::replace(&mut row.initialized, true))
     }
-    async fn is_initialized(&self, connection_id: &str) -> Result<bool, GatewayError> {
+    async fn connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionState>, GatewayError> {
         Ok(self
             .0
             .lock()
             .unwrap()
             .get(connection_id)
-            .is_some_and(|row| row.0))
+            .map(|row| ConnectionState {
+                initialized: row.initialized,
+                subscriptions: row.subscriptions.len(),
+            }))
     }
-    async fn add(&self, subscription: &StoredSubscription) -> Result<bool, GatewayError> {
+    async fn take_token(
+        &self,
+        connection_id: &str,
+        rate: MessageRate,
+        now_ms: i64,
+    ) -> Result<bool, GatewayError> {
+        let mut rows = self.0.lock().unwrap();
+        let Some(row) = rows.get_mut(connection_id) else {
+            return Ok(true);
+        };
+        let bucket = row
+            .bucket
+            .unwrap_or_else(|| TokenBucket::full(rate, now_ms));
+        let taken = bucket.take(rate, now_ms);
+        row.bucket = taken.or(Some(bucket));
+        Ok(taken.is_some())
+    }
+    async fn add(
+        &self,
+        subscription: &StoredSubscription,
+        max: usize,
+    ) -> Result<Added, GatewayError> {
         let mut rows = self.0.lock().unwrap();
         let row = rows.entry(subscription.connection_id.clone()).or_default();
-        if row.1.contains_key(&subscription.id) {
-            return Ok(false);
+        if row.subscriptions.contains_key(&subscription.id) {
+            return Ok(Added::Duplicate);
         }
-        row.1.insert(subscription.id.clone(), subscription.clone());
-        Ok(true)
+        if row.subscriptions.len() >= max {
+            return Ok(Added::TooMany);
+        }
+        row.subscriptions
+            .insert(subscription.id.clone(), subscription.clone());
+        Ok(Added::Stored)
     }
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
         if let Some(row) = self.0.lock().unwrap().get_mut(connection_id) {
-            row.1.remove(id);
+            row.subscriptions.remove(id);
         }
         Ok(())
     }
@@ -60,7 +97,7 @@ impl ConnectionStore for MemoryConnections {
         let rows = self.0.lock().unwrap();
         Ok(rows
             .values()
-            .flat_map(|row| row.1.values().cloned())
+            .flat_map(|row| row.subscriptions.values().cloned())
             .take(limit)
             .collect())
     }
@@ -115,6 +152,7 @@ fn request(
 
 struct Gateway {
     schema: crate::ApiSchema,
+    limits: ConnectionLimits,
     connections: MemoryConnections,
     sender: RecordingSender,
 }
@@ -123,6 +161,7 @@ impl Gateway {
     fn new() -> Self {
         Self {
             schema: crate::schema::subscription_schema(),
+            limits: ConnectionLimits::default(),
             connections: MemoryConnections::default(),
             sender: RecordingSender::default(),
         }
@@ -130,10 +169,16 @@ impl Gateway {
 
     async fn status(&self, connection: &str, route_key: &str, body: Option<Value>) -> i64 {
         let request = request(connection, route_key, body);
-        handle_message(request, &self.schema, &self.connections, &self.sender)
-            .await
-            .unwrap()
-            .status_code
+        handle_message(
+            request,
+            &self.schema,
+            &self.connections,
+            &self.sender,
+            &self.limits,
+        )
+        .await
+        .unwrap()
+        .status_code
     }
 
     async fn message(&self, connection: &str, body: Value) {

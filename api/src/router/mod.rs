@@ -60,7 +60,7 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
         .with_state(AppState {
             schema,
             keepalive: options.keepalive,
-            max_subscriptions: options.max_subscriptions_per_connection,
+            connection_limits: options.into(),
             max_message_bytes: options.max_body_bytes,
             allowed_origins: Arc::clone(&allowed_origins),
             documents: Arc::default(),
@@ -79,7 +79,8 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
 struct AppState {
     schema: ApiSchema,
     keepalive: Duration,
-    max_subscriptions: usize,
+    /// What one WebSocket connection may do (the same limits as on AWS).
+    connection_limits: crate::limits::connection::ConnectionLimits,
     /// The largest WebSocket message or frame (the HTTP body limit).
     max_message_bytes: usize,
     /// The origins besides this server's own whose pages may open a socket.

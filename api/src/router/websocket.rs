@@ -1,6 +1,7 @@
 //! Subscriptions at `/graphql/ws`: the pump between one WebSocket and the schema, speaking
 //! `graphql-transport-ws` (or the legacy `graphql-ws`), with keep-alive pings and the
-//! connection's subscription limit.
+//! connection's limits ([`ConnectionLimits`]: its subscriptions, its message rate, its
+//! subscription ids), held as on AWS.
 //!
 //! A WebSocket is not held to the same-origin policy: any page a browser visits may open one to
 //! 127.0.0.1, and queries and mutations run over the socket too. Browsers always send `Origin`
@@ -10,6 +11,7 @@
 //! not browsers send none. Messages are held to the HTTP body limit.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::Data;
@@ -24,6 +26,9 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::limits::connection::{
+    self, ConnectionLimits, INVALID_SUBSCRIPTION_ID, TokenBucket, valid_subscription_id,
+};
 use crate::options::Credential;
 
 /// Upgrades to a WebSocket in the first subprotocol the client offers that we speak.
@@ -110,27 +115,44 @@ async fn serve_socket(stream: WebSocket, state: AppState, protocol: WebSocketPro
     let sink = Arc::new(tokio::sync::Mutex::new(sink));
     // The ids of this connection's open subscriptions, to hold them to the limit.
     let open = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let limit = state.max_subscriptions;
+    let mut gate = Gate::new(
+        Arc::clone(&open),
+        state.connection_limits,
+        protocol,
+        connection::now_ms(),
+    );
     let refusals = Arc::clone(&sink);
-    let counted = Arc::clone(&open);
+    // Set once the gate closes the connection: nothing the client sends after counts.
+    let closing = Arc::new(AtomicBool::new(false));
+    let closed = Arc::clone(&closing);
     let incoming = incoming
-        .take_while(|message| std::future::ready(message.is_ok()))
+        .take_while(move |message| {
+            std::future::ready(message.is_ok() && !closed.load(Ordering::Relaxed))
+        })
         .filter_map(move |message| {
             let bytes = match message {
                 Ok(Message::Text(text)) => text.as_bytes().to_vec(),
                 Ok(Message::Binary(bytes)) => bytes.to_vec(),
                 _ => return futures_util::future::Either::Left(std::future::ready(None)),
             };
-            let refusal = admit(&bytes, &counted, limit, protocol);
+            let verdict = gate.admit(&bytes, connection::now_ms());
             let sink = Arc::clone(&refusals);
+            let closing = Arc::clone(&closing);
             futures_util::future::Either::Right(async move {
-                match refusal {
-                    None => Some(bytes),
-                    Some(refusal) => {
-                        let _ = sink.lock().await.send(Message::Text(refusal.into())).await;
-                        None
+                let answer = match verdict {
+                    Verdict::Pass => return Some(bytes),
+                    Verdict::Refuse(None) => return None,
+                    Verdict::Refuse(Some(answer)) => Message::Text(answer.into()),
+                    Verdict::Close(code, reason) => {
+                        closing.store(true, Ordering::Relaxed);
+                        Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        }))
                     }
-                }
+                };
+                let _ = sink.lock().await.send(answer).await;
+                None
             })
         });
     let ping = match protocol {
@@ -175,44 +197,97 @@ async fn serve_socket(stream: WebSocket, state: AppState, protocol: WebSocketPro
     }
 }
 
-/// Counts a client message against the connection's subscription limit: a new subscription
-/// over the limit is refused (the refusal message is returned, and the message is not passed
-/// on); a `complete` (`stop` in the legacy protocol) frees its place.
-fn admit(
-    bytes: &[u8],
-    open: &Mutex<HashSet<String>>,
-    limit: usize,
+/// What [`Gate::admit`] makes of a client message.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Pass it on to the protocol.
+    Pass,
+    /// Do nothing it asks; send this answer, if any.
+    Refuse(Option<String>),
+    /// Do nothing it asks, and close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// One connection's limits between its messages: every message takes a token from its bucket;
+/// a subscribe needs a valid id and a free place (a `complete`, `stop` in the legacy protocol,
+/// frees one).
+struct Gate {
+    open: Arc<Mutex<HashSet<String>>>,
+    bucket: TokenBucket,
+    limits: ConnectionLimits,
     protocol: WebSocketProtocols,
-) -> Option<String> {
-    let message: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let id = message["id"].as_str()?.to_owned();
-    let mut open = open.lock().ok()?;
-    match message["type"].as_str()? {
-        "subscribe" | "start" if !open.contains(&id) && open.len() >= limit => {
-            use async_graphql::ErrorExtensions as _;
-            let error = ApiError::TooManySubscriptions(limit).extend();
-            let error = serde_json::json!({"message": error.message, "extensions": {"code": "TOO_MANY_SUBSCRIPTIONS"}});
-            Some(
-                match protocol {
-                    WebSocketProtocols::GraphQLWS => {
-                        serde_json::json!({"type": "error", "id": id, "payload": [error]})
-                    }
-                    WebSocketProtocols::SubscriptionsTransportWS => {
-                        serde_json::json!({"type": "error", "id": id, "payload": error})
-                    }
-                }
-                .to_string(),
-            )
+}
+
+impl Gate {
+    fn new(
+        open: Arc<Mutex<HashSet<String>>>,
+        limits: ConnectionLimits,
+        protocol: WebSocketProtocols,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            open,
+            bucket: TokenBucket::full(limits.rate, now_ms),
+            limits,
+            protocol,
         }
-        "subscribe" | "start" => {
-            open.insert(id);
-            None
+    }
+
+    /// The verdict on one client message at `now_ms`.
+    fn admit(&mut self, bytes: &[u8], now_ms: i64) -> Verdict {
+        let message: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let id = message["id"].as_str();
+        let subscribe = matches!(message["type"].as_str(), Some("subscribe" | "start"));
+        let Some(bucket) = self.bucket.take(self.limits.rate, now_ms) else {
+            // The protocol can answer a refused subscribe; other messages have no answer.
+            let rate = self.limits.rate;
+            let error = ApiError::RateLimited(rate.per_sec, rate.burst);
+            return Verdict::Refuse(id.filter(|_| subscribe).map(|id| self.error(id, &error)));
+        };
+        self.bucket = bucket;
+        let Some(id) = id else {
+            return Verdict::Pass; // the protocol refuses what it cannot read
+        };
+        let Ok(mut open) = self.open.lock() else {
+            return Verdict::Pass;
+        };
+        match message["type"].as_str() {
+            Some("subscribe" | "start") if !valid_subscription_id(id) => match self.protocol {
+                // graphql-ws closes the socket on a message it cannot accept.
+                WebSocketProtocols::GraphQLWS => Verdict::Close(4400, INVALID_SUBSCRIPTION_ID),
+                WebSocketProtocols::SubscriptionsTransportWS => Verdict::Refuse(Some(
+                    self.error(id, &ApiError::bad_input("id", INVALID_SUBSCRIPTION_ID)),
+                )),
+            },
+            // At the limit, as on AWS, before the id is looked up: a duplicate is refused too.
+            Some("subscribe" | "start") if open.len() >= self.limits.max_subscriptions => {
+                let error = ApiError::TooManySubscriptions(self.limits.max_subscriptions);
+                Verdict::Refuse(Some(self.error(id, &error)))
+            }
+            Some("subscribe" | "start") => {
+                open.insert(id.to_owned());
+                Verdict::Pass
+            }
+            Some("complete" | "stop") => {
+                open.remove(id);
+                Verdict::Pass
+            }
+            _ => Verdict::Pass,
         }
-        "complete" | "stop" => {
-            open.remove(&id);
-            None
+    }
+
+    /// The protocol's `error` message for subscription `id`.
+    fn error(&self, id: &str, error: &ApiError) -> String {
+        let error = serde_json::to_value(error.server_error()).unwrap_or_default();
+        match self.protocol {
+            WebSocketProtocols::GraphQLWS => {
+                serde_json::json!({"type": "error", "id": id, "payload": [error]})
+            }
+            WebSocketProtocols::SubscriptionsTransportWS => {
+                serde_json::json!({"type": "error", "id": id, "payload": error})
+            }
         }
-        _ => None,
+        .to_string()
     }
 }
 
@@ -308,25 +383,80 @@ mod tests {
         assert!(!same_origin("http://127.0.0.1:8000", None));
     }
 
+    fn gate(max_subscriptions: usize, per_sec: u32, burst: u32) -> Gate {
+        let limits = ConnectionLimits {
+            max_subscriptions,
+            rate: connection::MessageRate { per_sec, burst },
+        };
+        Gate::new(Arc::default(), limits, WebSocketProtocols::GraphQLWS, 0)
+    }
+
+    fn refusal_code(verdict: Verdict) -> serde_json::Value {
+        let Verdict::Refuse(Some(text)) = verdict else {
+            panic!("not an answered refusal: {verdict:?}")
+        };
+        let refusal: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(refusal["type"], "error");
+        refusal["payload"][0]["extensions"]["code"].clone()
+    }
+
     #[test]
     fn a_connection_holds_at_most_its_limit_of_subscriptions() {
-        let open = Mutex::new(HashSet::new());
-        let protocol = WebSocketProtocols::GraphQLWS;
-        assert_eq!(admit(&message("subscribe", "1"), &open, 2, protocol), None);
-        assert_eq!(admit(&message("subscribe", "2"), &open, 2, protocol), None);
-        let refusal: serde_json::Value =
-            serde_json::from_str(&admit(&message("subscribe", "3"), &open, 2, protocol).unwrap())
-                .unwrap();
-        assert_eq!(refusal["type"], "error");
-        assert_eq!(refusal["id"], "3");
+        let mut gate = gate(2, 1000, 1000);
+        assert_eq!(gate.admit(&message("subscribe", "1"), 0), Verdict::Pass);
+        assert_eq!(gate.admit(&message("subscribe", "2"), 0), Verdict::Pass);
         assert_eq!(
-            refusal["payload"][0]["extensions"]["code"],
+            refusal_code(gate.admit(&message("subscribe", "3"), 0)),
             "TOO_MANY_SUBSCRIPTIONS"
         );
-        assert_eq!(admit(&message("complete", "1"), &open, 2, protocol), None);
-        assert_eq!(admit(&message("subscribe", "3"), &open, 2, protocol), None);
-        forget_completed(r#"{"type":"complete","id":"2"}"#, &open);
-        assert_eq!(open.lock().unwrap().len(), 1);
+        assert_eq!(gate.admit(&message("complete", "1"), 0), Verdict::Pass);
+        assert_eq!(gate.admit(&message("subscribe", "3"), 0), Verdict::Pass);
+        forget_completed(r#"{"type":"complete","id":"2"}"#, &gate.open);
+        assert_eq!(gate.open.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_connection_over_its_rate_is_refused_and_nothing_it_asks_is_done() {
+        let mut gate = gate(20, 10, 3);
+        for id in ["1", "2", "3"] {
+            assert_eq!(gate.admit(&message("subscribe", id), 0), Verdict::Pass);
+        }
+        assert_eq!(
+            refusal_code(gate.admit(&message("subscribe", "4"), 0)),
+            "RATE_LIMITED"
+        );
+        assert_eq!(
+            gate.admit(&message("complete", "1"), 0),
+            Verdict::Refuse(None),
+            "no answer for a message without one, and nothing done"
+        );
+        assert_eq!(gate.open.lock().unwrap().len(), 3);
+        // A tenth of a second later, one message's token is back.
+        assert_eq!(gate.admit(&message("subscribe", "4"), 100), Verdict::Pass);
+        assert_eq!(gate.open.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_subscribe_with_an_over_long_id_closes_the_socket_and_stores_nothing() {
+        let mut gate = gate(20, 1000, 1000);
+        let long = "x".repeat(connection::MAX_SUBSCRIPTION_ID_CHARS + 1);
+        assert_eq!(
+            gate.admit(&message("subscribe", &long), 0),
+            Verdict::Close(4400, INVALID_SUBSCRIPTION_ID)
+        );
+        assert_eq!(
+            gate.admit(&message("subscribe", "a\u{7}b"), 0),
+            Verdict::Close(4400, INVALID_SUBSCRIPTION_ID)
+        );
+        assert!(gate.open.lock().unwrap().is_empty());
+        let mut legacy = gate;
+        legacy.protocol = WebSocketProtocols::SubscriptionsTransportWS;
+        let Verdict::Refuse(Some(text)) = legacy.admit(&message("start", &long), 0) else {
+            panic!()
+        };
+        let refusal: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(refusal["payload"]["extensions"]["code"], "BAD_USER_INPUT");
+        assert!(legacy.open.lock().unwrap().is_empty());
     }
 
     #[test]

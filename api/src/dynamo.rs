@@ -181,11 +181,18 @@ impl ActivityFeed for DynamoActivityFeed {
         after: Option<&str>,
     ) -> Result<Page<ActivityItem>, StoreError> {
         let start = match after {
+            // An index query's start key is the item's index key and its table key
+            // (eventId, consumer), all of which the position holds.
+            // https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_Query.html#DDB-Query-request-ExclusiveStartKey
             Some(position) => {
-                let event_id =
-                    item::event_id_of_position(position).ok_or(StoreError::InvalidPosition)?;
+                let (consumer, event_id) =
+                    item::activity_key_of_position(position).ok_or(StoreError::InvalidPosition)?;
                 Some(HashMap::from([
                     ("eventId".to_owned(), AttributeValue::S(event_id.to_owned())),
+                    (
+                        "consumer".to_owned(),
+                        AttributeValue::S(consumer.to_owned()),
+                    ),
                     (
                         "feed".to_owned(),
                         AttributeValue::S(ACTIVITY_FEED.to_owned()),

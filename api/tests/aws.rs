@@ -158,35 +158,43 @@ async fn the_router_on_dynamodb_adds_conflicts_pages_gets_and_removes() {
     assert_eq!(gone["data"]["book"], Value::Null);
 }
 
+/// Three consumers' entries for each event, at the same time: all are listed (a table keyed by
+/// the event id alone kept one), newest first, and paging (two a page) resumes between them.
 #[tokio::test]
-async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages() {
+async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages_every_consumers_entries() {
     let endpoint = testing::emulator!();
     let tables = tables(&endpoint).await;
     let url = serve(&tables).await;
     let start = chrono::Utc::now();
     for i in 0..5 {
-        let entry = ActivityEntry {
-            event_id: format!("event-{i}"),
-            detail_type: DetailType::Added,
-            consumer: "book-added".into(),
-            book: BookSnapshot::name_only(BookName::parse(&format!("Book {i}")).unwrap()),
-            processed_at: start + chrono::Duration::seconds(i),
-        };
-        let item = item::activity_to_item(&entry).unwrap();
-        tables
-            .client
-            .put_item()
-            .table_name(&tables.activity)
-            .set_item(Some(item.into()))
-            .send()
-            .await
-            .unwrap();
+        for consumer in ["book-added", "audit", "mailer"] {
+            let entry = ActivityEntry {
+                event_id: format!("event-{i}"),
+                detail_type: DetailType::Added,
+                consumer: consumer.into(),
+                book: BookSnapshot::name_only(BookName::parse(&format!("Book {i}")).unwrap()),
+                processed_at: start + chrono::Duration::seconds(i),
+            };
+            let item = item::activity_to_item(&entry).unwrap();
+            tables
+                .client
+                .put_item()
+                .table_name(&tables.activity)
+                .set_item(Some(item.into()))
+                .send()
+                .await
+                .unwrap();
+        }
     }
     let seen = page_through(&url, "activity", "eventId").await;
-    assert_eq!(
-        seen,
-        ["event-4", "event-3", "event-2", "event-1", "event-0"]
-    );
+    let expected: Vec<String> = (0..5)
+        .rev()
+        .flat_map(|i| std::iter::repeat_n(format!("event-{i}"), 3))
+        .collect();
+    assert_eq!(seen, expected);
+    // Within one event and time, the position orders by consumer (newest first: descending).
+    let consumers = page_through(&url, "activity", "consumer").await;
+    assert_eq!(consumers[..3], ["mailer", "book-added", "audit"]);
 }
 
 fn http_event(method: &str, stage: &str, path: &str, body: Option<Value>) -> Value {

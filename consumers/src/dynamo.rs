@@ -7,7 +7,8 @@ use domain::item;
 
 use crate::store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
-/// The activity table on DynamoDB: a put conditional on the event id being new.
+/// The activity table on DynamoDB, keyed by (eventId, consumer): a put conditional on this
+/// consumer's entry for the event being new.
 #[derive(Debug, Clone)]
 pub struct DynamoActivityStore {
     client: Client,
@@ -33,6 +34,9 @@ impl ActivityStore for DynamoActivityStore {
             .client
             .put_item()
             .table_name(&self.table)
+            // A condition is checked against the one item with the new item's whole key
+            // (eventId and consumer), so another consumer's entry for the event does not count.
+            // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html#Expressions.ConditionExpressions.PreventingOverwrites
             .condition_expression("attribute_not_exists(eventId)");
         Box::pin(async move {
             let item = item.map_err(|e| ActivityStoreError(e.into()))?;

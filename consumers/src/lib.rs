@@ -4,7 +4,8 @@
 //!   handler its Lambda and the local bus call.
 //! - [`store`]: the [`ActivityStore`] port. Recording an activity entry is both a consumer's
 //!   visible effect and its idempotency record: the entry is keyed by the event's
-//!   `metadata.eventId`, so a redelivered event has no second effect.
+//!   `metadata.eventId` and the consumer's name, so a redelivered event has no second effect
+//!   and every consumer of one event has its own.
 //! - With the `aws` feature: [`dynamo`], [`dynamo::DynamoActivityStore`], the store the consumer
 //!   Lambdas use, and [`lambda`], the whole of a consumer Lambda's `main` ([`lambda::run`]).
 //!
@@ -36,7 +37,8 @@ pub use store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 /// A consumer: its name and the one detail type it reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consumer {
-    /// The consumer's name, as in its Lambda, its bus rule and its activity entries.
+    /// The consumer's name, as in its Lambda, its bus rule and its activity entries (part of
+    /// their key and of their feed position: no '#', see `domain::item::activity_position`).
     pub name: &'static str,
     /// The detail type its rule routes to it.
     pub detail_type: DetailType,
@@ -117,7 +119,7 @@ impl Handling {
 
 impl Consumer {
     /// Starts reacting to one event delivered by the bus: checks that it is this consumer's,
-    /// reads the envelope and issues the activity write (once per event id).
+    /// reads the envelope and issues the activity write (once per event id and consumer).
     ///
     /// Synchronous on purpose: the write is issued before this returns, so that deliveries
     /// started in queue order have their effects in queue order (see the crate's docs). Keep

@@ -9,16 +9,19 @@ use domain::ActivityEntry;
 pub enum Recorded {
     /// The entry is new: this is the event's first (and only) effect.
     New,
-    /// An entry with this event id exists already: a redelivery, with no second effect.
+    /// This consumer has an entry for this event id already: a redelivery, with no second
+    /// effect.
     AlreadyRecorded,
 }
 
 /// A conditional put in hand: it resolves to the store's answer.
 pub type Recording = Pin<Box<dyn Future<Output = Result<Recorded, ActivityStoreError>> + Send>>;
 
-/// Where consumers record what they did, keyed by event id.
+/// Where consumers record what they did, keyed by (event id, consumer): each consumer of an
+/// event has one entry of its own.
 pub trait ActivityStore: Send + Sync {
-    /// Records `entry` unless an entry with its event id exists (a conditional put).
+    /// Records `entry` unless an entry with its event id and consumer exists (a conditional
+    /// put).
     ///
     /// Synchronous, and the returned [`Recording`] owns what it needs: a store that
     /// [issues its writes on call](ActivityStore::issues_writes_on_call) has the write in hand

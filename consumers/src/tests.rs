@@ -11,7 +11,8 @@ use super::*;
 /// what was issued before any answer).
 #[derive(Debug)]
 struct MemoryStore {
-    entries: Arc<Mutex<BTreeMap<String, ActivityEntry>>>,
+    /// By (event id, consumer), as the real stores key them.
+    entries: Arc<Mutex<BTreeMap<(String, String), ActivityEntry>>>,
     answer: bool,
 }
 
@@ -30,19 +31,26 @@ impl MemoryStore {
         }
     }
 
+    /// The entries by event id (these tests have one consumer per event).
     fn entries(&self) -> BTreeMap<String, ActivityEntry> {
-        self.entries.lock().unwrap().clone()
+        let entries = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .map(|((event_id, _), entry)| (event_id.clone(), entry.clone()))
+            .collect()
     }
 }
 
 impl ActivityStore for MemoryStore {
     fn record(&self, entry: &ActivityEntry) -> Recording {
         let mut entries = self.entries.lock().unwrap();
-        let recorded = if entries.contains_key(&entry.event_id) {
-            Recorded::AlreadyRecorded
-        } else {
-            entries.insert(entry.event_id.clone(), entry.clone());
-            Recorded::New
+        let key = (entry.event_id.clone(), entry.consumer.clone());
+        let recorded = match entries.entry(key) {
+            std::collections::btree_map::Entry::Occupied(_) => Recorded::AlreadyRecorded,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(entry.clone());
+                Recorded::New
+            }
         };
         if self.answer {
             Box::pin(std::future::ready(Ok(recorded)))
@@ -82,6 +90,14 @@ async fn book_added_records_one_entry_per_event_id() {
     assert_eq!(entry.consumer, "book-added");
     assert_eq!(entry.detail_type, DetailType::Added);
     assert_eq!(entry.book.to_book().unwrap().published_year.get(), 1965);
+}
+
+#[test]
+fn consumer_names_hold_no_hash() {
+    // A name is part of its entries' feed position, which '#' separates.
+    for consumer in ALL {
+        assert!(!consumer.name.contains('#'), "{}", consumer.name);
+    }
 }
 
 #[tokio::test]

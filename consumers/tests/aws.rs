@@ -5,7 +5,8 @@
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use consumers::dynamo::DynamoActivityStore;
-use consumers::{Recorded, book_added};
+use consumers::{Consumer, Recorded, book_added};
+use domain::DetailType;
 use serde_json::{Value, json};
 use testing::moto;
 use testing::runtime::{LambdaHarness, Outcome};
@@ -60,6 +61,58 @@ async fn the_same_event_delivered_twice_records_one_entry() {
     assert_eq!(
         item["book"],
         json!({"M": {"name": {"S": "Dune"}, "authors": {"L": [{"S": "Frank Herbert"}]}, "publishedYear": {"N": "1965"}}})
+    );
+}
+
+/// A second consumer of the same detail type (say an audit log) has its own effect for an event
+/// that book-added already recorded: with the table keyed by event id alone it was told
+/// `AlreadyRecorded` and skipped it. Each consumer's repeat is still deduplicated.
+#[tokio::test]
+async fn two_consumers_of_one_event_each_record_their_entry_once() {
+    let endpoint = testing::emulator!();
+    let (client, table) = activity_table(&endpoint).await;
+    let store = DynamoActivityStore::new(client.clone(), &table);
+    let audit = Consumer {
+        name: "audit",
+        detail_type: DetailType::Added,
+    };
+
+    let added: EventBridgeEvent<Value> = serde_json::from_str(ADDED).unwrap();
+    assert_eq!(
+        book_added::handle(added.clone(), &store).await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        audit.handle(added.clone(), &store).await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        audit.handle(added.clone(), &store).await.unwrap(),
+        Recorded::AlreadyRecorded
+    );
+    assert_eq!(
+        book_added::handle(added, &store).await.unwrap(),
+        Recorded::AlreadyRecorded
+    );
+
+    let mut entries: Vec<(String, String)> = items(&client, &table)
+        .await
+        .iter()
+        .map(|item| {
+            (
+                item["eventId"]["S"].as_str().unwrap().to_owned(),
+                item["consumer"]["S"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    entries.sort();
+    let event_id = "c4ca4238a0b923820dcc509a6f75849b".to_owned();
+    assert_eq!(
+        entries,
+        [
+            (event_id.clone(), "audit".to_owned()),
+            (event_id, "book-added".to_owned())
+        ]
     );
 }
 

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{BookSnapshot, DetailType};
 
-/// One consumer's reaction to one event. Keyed by `event_id`, so recording it is also the
-/// consumer's idempotency record: an event redelivered has no second entry.
+/// One consumer's reaction to one event. Keyed by (`event_id`, `consumer`), so recording it is
+/// also the consumer's idempotency record: an event redelivered has no second entry, and every
+/// consumer of one event has an entry of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityEntry {

@@ -74,24 +74,27 @@ pub fn name_from_key(key: &Item) -> Result<BookName, ItemError> {
 pub const ACTIVITY_FEED: &str = "activity";
 
 /// An activity entry's place in the feed: its processing time (fixed-width RFC 3339, so text
-/// order is time order) and its event id, which makes it unique.
+/// order is time order), then the entry's table key, consumer and event id, which make it
+/// unique and let a position name the item it stands for (a `byPosition` query's start key
+/// needs the table key too). Consumer names hold no '#' (see `consumers::ALL`).
 pub fn activity_position(entry: &ActivityEntry) -> String {
     format!(
-        "{}#{}",
+        "{}#{}#{}",
         entry
             .processed_at
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        entry.consumer,
         entry.event_id
     )
 }
 
-/// The event id inside a position made by [`activity_position`].
-pub fn event_id_of_position(position: &str) -> Option<&str> {
-    // The timestamp has no '#', so the first one ends it, whatever the event id holds.
-    position
-        .split_once('#')
-        .map(|(_, event_id)| event_id)
-        .filter(|id| !id.is_empty())
+/// The table key inside a position made by [`activity_position`]: (consumer, event id).
+pub fn activity_key_of_position(position: &str) -> Option<(&str, &str)> {
+    // The timestamp and the consumer have no '#', so the first two end them, whatever the
+    // event id holds.
+    let (_, key) = position.split_once('#')?;
+    key.split_once('#')
+        .filter(|(consumer, event_id)| !consumer.is_empty() && !event_id.is_empty())
 }
 
 /// Encodes an activity entry as its item: the entry's fields, plus `feed` and `position`.
@@ -157,7 +160,7 @@ mod tests {
         let item = activity_to_item(&entry).unwrap();
         assert_eq!(
             item["position"],
-            AttributeValue::S("2024-05-01T12:00:00.500Z#e1".into())
+            AttributeValue::S("2024-05-01T12:00:00.500Z#book-removed#e1".into())
         );
         assert_eq!(item["feed"], AttributeValue::S("activity".into()));
         assert_eq!(
@@ -166,10 +169,15 @@ mod tests {
         );
         assert_eq!(activity_from_item(item).unwrap(), entry);
         assert_eq!(
-            event_id_of_position("2024-05-01T12:00:00.500Z#e1"),
-            Some("e1")
+            activity_key_of_position("2024-05-01T12:00:00.500Z#book-removed#e1"),
+            Some(("book-removed", "e1"))
         );
-        assert_eq!(event_id_of_position("nonsense"), None);
+        assert_eq!(activity_key_of_position("nonsense"), None);
+        // A position of the table keyed by event id alone names no consumer.
+        assert_eq!(
+            activity_key_of_position("2024-05-01T12:00:00.500Z#e1"),
+            None
+        );
     }
 
     #[test]

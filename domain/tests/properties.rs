@@ -400,18 +400,29 @@ proptest! {
     }
 
     #[test]
-    fn a_position_gives_back_a_stream_event_id(event_id in stream_event_id(), at in timestamp()) {
-        let entry = entry_at(event_id, at);
+    fn a_position_gives_back_its_key_with_a_stream_event_id(
+        event_id in stream_event_id(),
+        consumer in select(vec!["book-added", "book-removed"]),
+        at in timestamp(),
+    ) {
+        let entry = ActivityEntry { consumer: consumer.to_owned(), ..entry_at(event_id, at) };
         let position = item::activity_position(&entry);
-        prop_assert_eq!(item::event_id_of_position(&position), Some(entry.event_id.as_str()));
+        prop_assert_eq!(
+            item::activity_key_of_position(&position),
+            Some((consumer, entry.event_id.as_str()))
+        );
     }
 
     #[test]
     fn a_position_gives_back_any_event_id(event_id in "[a-z#]{1,8}", at in timestamp()) {
-        // Even one holding '#': the timestamp part has none, so the first '#' ends it.
+        // Even one holding '#': the timestamp and the consumer have none, so the first two
+        // '#' end them.
         let entry = entry_at(event_id, at);
         let position = item::activity_position(&entry);
-        prop_assert_eq!(item::event_id_of_position(&position), Some(entry.event_id.as_str()));
+        prop_assert_eq!(
+            item::activity_key_of_position(&position),
+            Some(("book-added", entry.event_id.as_str()))
+        );
     }
 
     #[test]
@@ -433,7 +444,8 @@ proptest! {
 
     #[test]
     fn decoding_any_position_never_panics(position in any_text(40)) {
-        if let Some(event_id) = item::event_id_of_position(&position) {
+        if let Some((consumer, event_id)) = item::activity_key_of_position(&position) {
+            prop_assert!(!consumer.is_empty() && !consumer.contains('#'));
             prop_assert!(!event_id.is_empty());
         }
     }

@@ -27,6 +27,8 @@ const MIGRATIONS: &[&[&str]] = &[
         bus_dead_letters::DDL_V1,
         activity::DDL_V1,
     ],
+    // 2: activity entries unique per (event id, consumer).
+    &[activity::DDL_V2],
 ];
 
 /// The schema version this program writes.

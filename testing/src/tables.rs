@@ -43,15 +43,18 @@ pub async fn create_books_table(client: &Client, table: &str) -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("the books table has no stream"))
 }
 
-/// Creates an activity table (key `eventId`, index `byPosition` on `feed` + `position`).
+/// Creates an activity table (key `eventId` + `consumer`, index `byPosition` on `feed` +
+/// `position`).
 pub async fn create_activity_table(client: &Client, table: &str) -> anyhow::Result<()> {
     client
         .create_table()
         .table_name(table)
         .attribute_definitions(attribute("eventId")?)
+        .attribute_definitions(attribute("consumer")?)
         .attribute_definitions(attribute("feed")?)
         .attribute_definitions(attribute("position")?)
         .key_schema(key("eventId", KeyType::Hash)?)
+        .key_schema(key("consumer", KeyType::Range)?)
         .global_secondary_indexes(
             GlobalSecondaryIndex::builder()
                 .index_name("byPosition")

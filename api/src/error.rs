@@ -35,6 +35,13 @@ pub enum ApiError {
         "this operation needs a credential: send Authorization: Bearer <token> (HTTP) or {{\"authorization\": \"Bearer <token>\"}} in connection_init (WebSocket)"
     )]
     Unauthenticated,
+    /// The credential is good but does not allow this: on AWS, a mutation without the
+    /// authorizer's write grant (a JWT without the write scope, or anonymous where only reads
+    /// are public).
+    #[error(
+        "this credential may not change data; writes need the secret or a token with the write scope"
+    )]
+    Forbidden,
     /// Too many subscriptions on one connection.
     #[error(
         "this connection already holds {0} subscriptions, the most allowed; complete one first"
@@ -67,6 +74,7 @@ impl ApiError {
             Self::Conflict(_) => "CONFLICT",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
             Self::TooManySubscriptions(_) => "TOO_MANY_SUBSCRIPTIONS",
             Self::RateLimited(..) => "RATE_LIMITED",
             Self::QueryTooLarge(_) => "QUERY_TOO_LARGE",

@@ -57,7 +57,7 @@ pub mod types;
 
 pub use error::{ApiError, ErrorCodes};
 pub use events::{BookEvent, EventHub, MalformedEvent};
-pub use options::ApiOptions;
+pub use options::{ApiOptions, WriteGrant};
 pub use router::router;
 pub use schema::{ApiSchema, build_schema, build_schema_with, sdl};
 pub use store::{

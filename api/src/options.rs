@@ -135,6 +135,10 @@ pub struct ApiOptions {
     /// WebSocket API's URL (an HTTP API cannot upgrade to a WebSocket).
     #[arg(skip)]
     pub graphiql_subscriptions_url: Option<String>,
+    /// Whether mutations need a [`WriteGrant`] from an authorizer in front of the API (on AWS,
+    /// unless everyone may write).
+    #[arg(skip)]
+    pub writes_need_grant: bool,
     /// Origins (`scheme://host[:port]`) besides this server's own whose pages may open the
     /// WebSocket and read responses (CORS). Empty (the default): only pages served here, and
     /// no CORS headers at all.
@@ -181,6 +185,7 @@ impl Default for ApiOptions {
             auth_token: None,
             graphiql_subscriptions_url: None,
             allowed_origins: Vec::new(),
+            writes_need_grant: false,
         }
     }
 }
@@ -224,13 +229,28 @@ fn same(a: &SecretString, b: &SecretString) -> bool {
         .into()
 }
 
+/// Schema data where an authorizer in front of the API decides who may write (on AWS, unless
+/// the deployment lets everyone write): mutations then need its [`WriteGrant`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WritesNeedGrant;
+
+/// Whether the authorizer in front of the API let this request write (request data; on AWS
+/// from `requestContext.authorizer.lambda.write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteGrant(pub bool);
+
 /// The guard on mutations and subscriptions: passes when no token is configured, or when the
-/// request presented it.
+/// request presented it; and, where writes need an authorizer's grant, when it has the grant.
 pub(crate) struct Authenticated;
 
 impl Guard for Authenticated {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
         use async_graphql::ErrorExtensions as _;
+        if ctx.data_opt::<WritesNeedGrant>().is_some()
+            && ctx.data_opt::<WriteGrant>() != Some(&WriteGrant(true))
+        {
+            return Err(ApiError::Forbidden.extend());
+        }
         let Some(RequiredToken(Some(required))) = ctx.data_opt::<RequiredToken>() else {
             return Ok(());
         };

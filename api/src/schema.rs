@@ -13,7 +13,7 @@ use domain::{Authors, Book, BookName, PublishedYear};
 use crate::error::{ApiError, ErrorCodes};
 use crate::introspection::SchemaDescription;
 use crate::limits::DocumentLimits;
-use crate::options::{ApiOptions, Authenticated, RequiredToken};
+use crate::options::{ApiOptions, Authenticated, RequiredToken, WritesNeedGrant};
 use crate::store::{ActivityFeed, BookStore, DeadLetterFeed};
 use crate::subscriptions::{EventHub, SubscriptionRoot};
 use crate::types::{ActivityNode, BookNode, DeadLetterNode};
@@ -57,6 +57,9 @@ pub fn build_schema_with(
         .data(RequiredToken(options.auth_token.clone()));
     if let Some(dead_letters) = dead_letters {
         builder = builder.data(dead_letters);
+    }
+    if options.writes_need_grant {
+        builder = builder.data(WritesNeedGrant);
     }
     builder.finish()
 }

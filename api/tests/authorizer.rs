@@ -3,6 +3,8 @@
 //! authorizer would take or refuse them
 //! (<https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-jwt-authorizer.html>).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

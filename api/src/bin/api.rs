@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use api::WriteGrant;
+use api::authorizer::{PublicAccess, granted_write};
 use api::dynamo::{DynamoActivityFeed, DynamoBookStore};
 use api::router::BasePath;
 use clap::Parser;
@@ -20,6 +22,10 @@ struct Config {
     /// The WebSocket API's URL, where GraphiQL opens subscriptions (this HTTP API cannot).
     #[arg(long, env = "WEBSOCKET_URL")]
     websocket_url: Option<String>,
+    /// What a request without the credential may do: unless everyone may write, mutations need
+    /// the write grant of the authorizer in front of this function.
+    #[arg(long, env = "PUBLIC_ACCESS", value_enum, default_value = "none")]
+    public_access: PublicAccess,
 }
 
 #[tokio::main]
@@ -33,11 +39,26 @@ async fn main() -> Result<(), lambda_http::Error> {
     // WebSocket API instead, so this hub has no publisher.
     let options = api::ApiOptions {
         graphiql_subscriptions_url: config.websocket_url,
+        writes_need_grant: config.public_access != PublicAccess::All,
         ..api::ApiOptions::default()
     };
-    let schema = api::build_schema(books, activity, api::EventHub::default());
+    let schema = api::build_schema_with(books, activity, api::EventHub::default(), None, &options);
     let router = api::router::router_with(schema, &options);
-    lambda_http::run(router.map_request(serve_under_stage)).await
+    lambda_http::run(router.map_request(|request| with_grant(serve_under_stage(request)))).await
+}
+
+/// The write grant of the authorizer API Gateway asked before this request (none without one:
+/// then only a deployment that lets everyone write runs mutations).
+fn with_grant(mut request: Request) -> Request {
+    let granted = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .authorizer
+            .as_ref()
+            .is_some_and(|authorizer| granted_write(&authorizer.fields)),
+        _ => false,
+    };
+    request.extensions_mut().insert(WriteGrant(granted));
+    request
 }
 
 /// API Gateway serves a named stage under `/<stage>` and lambda_http keeps that prefix in the

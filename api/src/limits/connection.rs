@@ -126,7 +126,7 @@ mod tests {
         assert!(!valid_subscription_id("a\nb"));
         assert!(!valid_subscription_id("a\u{0}"));
         // The longest id, in the widest characters, fits a DynamoDB sort key behind "sub#".
-        assert!(4 + 4 * MAX_SUBSCRIPTION_ID_CHARS <= 1024);
+        const { assert!(4 + 4 * MAX_SUBSCRIPTION_ID_CHARS <= 1024) };
     }
 
     #[test]

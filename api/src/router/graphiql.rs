@@ -29,7 +29,7 @@ const SCRIPTS: [&str; 3] = [
 const STYLE: &str = "https://unpkg.com/graphiql@4.1.2/graphiql.min.css";
 /// The CSP hash of the page's inline script (e2e/graphiql.test.js checks it against the page,
 /// and Chromium refuses the script when it is stale).
-const INLINE_SCRIPT: &str = "'sha256-Zpq/Pj3w6M8f2EhsU9KRWC/x95z5JvGlnrbWppt7a8M='";
+const INLINE_SCRIPT: &str = "'sha256-xPMVmIXoawx7dN0oTjQJ/RT0/W+t9/b6Y3AKYVd1LyM='";
 
 pub(super) async fn graphiql(
     base: Option<Extension<BasePath>>,
@@ -103,6 +103,8 @@ fn graphiql_page(base: &str, subscriptions: Option<&str>) -> String {
     let settings = serde_json::json!({
         "endpoint": format!("{base}/graphql"),
         "subscriptions": subscriptions.map_or_else(|| format!("{base}/graphql/ws"), str::to_owned),
+        // A WebSocket API elsewhere (AWS) authorizes the socket when it opens, from `?token=`.
+        "tokenInQuery": subscriptions.is_some(),
     });
     // JSON inside a <script>: no "</script>" (or "<!--") can close it early.
     let settings = settings.to_string().replace('<', "\\u003c");
@@ -118,7 +120,7 @@ mod tests {
         let page = graphiql_page("/prod", None);
         assert!(
             page.contains(
-                r#">{"endpoint":"/prod/graphql","subscriptions":"/prod/graphql/ws"}</script>"#
+                r#">{"endpoint":"/prod/graphql","subscriptions":"/prod/graphql/ws","tokenInQuery":false}</script>"#
             ),
             "{page}"
         );
@@ -140,8 +142,8 @@ mod tests {
         let url = "wss://abc.execute-api.us-east-1.amazonaws.com/live";
         let page = graphiql_page("", Some(url));
         assert!(
-            page.contains(&format!(r#""subscriptions":"{url}""#)),
-            "{page}"
+            page.contains(&format!(r#""subscriptions":"{url}","tokenInQuery":true"#)),
+            "the page puts its credential in the WebSocket API's URL: {page}"
         );
         let policy = content_security_policy(Some("abc.example"), Some(url));
         let policy = policy.to_str().unwrap();

@@ -1,6 +1,7 @@
 //! GraphQL over HTTP at `/graphql`: GET and POST, per the GraphQL-over-HTTP spec.
 
 use async_graphql::parser::types::OperationType;
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::operation::operation_type;
-use crate::options::Credential;
+use crate::options::{Credential, WriteGrant};
 
 /// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
 /// say what kind of failure an error is.
@@ -24,6 +25,7 @@ pub(super) async fn graphql(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    grant: Option<Extension<WriteGrant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let spec_media_type = headers
@@ -92,6 +94,9 @@ pub(super) async fn graphql(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let mut request = request.data(Credential::from_authorization(authorization));
+    if let Some(Extension(grant)) = grant {
+        request = request.data(grant);
+    }
     state.documents.prepare(&mut request);
     if method == Method::GET && is_mutation(&mut request) {
         let mut response = refuse(

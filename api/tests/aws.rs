@@ -197,9 +197,12 @@ async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages_every_consumers
     assert_eq!(consumers[..3], ["mailer", "book-added", "audit"]);
 }
 
+/// An HTTP API request as it reaches the api behind the template's authorizer, which granted
+/// writes (the credential was the shared secret).
 fn http_event(method: &str, stage: &str, path: &str, body: Option<Value>) -> Value {
     let mut event: Value =
         serde_json::from_str(include_str!("fixtures/http-api-request.json")).unwrap();
+    event["requestContext"]["authorizer"] = json!({"lambda": {"write": true}});
     event["rawPath"] = json!(path);
     event["requestContext"]["http"]["method"] = json!(method);
     event["requestContext"]["http"]["path"] = json!(path);

@@ -3,10 +3,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { auditServer } from 'graphql-http';
-import { BASE } from './lib.js';
+import { BASE, authorizedFetch } from './lib.js';
 
 test('/graphql passes every MUST of the GraphQL-over-HTTP audit', async (t) => {
-  const results = await auditServer({ url: `${BASE}/graphql` });
+  const results = await auditServer({ url: `${BASE}/graphql`, fetchFn: authorizedFetch });
   const failing = (level) => results.filter((r) => r.status !== 'ok' && r.name.startsWith(level));
   for (const result of [...failing('SHOULD'), ...failing('MAY')]) {
     t.diagnostic(`${result.status}: ${result.name}: ${result.reason}`);

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { BASE, addBook, eventually, openSubscriptions, uniqueName } from './lib.js';
+import { BASE, TOKEN, addBook, eventually, openSubscriptions, uniqueName } from './lib.js';
 import { artifacts, fromNodeModules, launchChromium, skipBrowser } from './browser.js';
 
 /** Records the page's CSP violations (the init script runs before the page's own). */
@@ -60,7 +60,6 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
     page.on('pageerror', (error) => pageErrors.push(error.message));
     const policy = await watchPolicy(page);
     await routeOnlyTheStackAndTheCdn(page);
-
     // Every GraphQL answer the page gets over HTTP, introspection first.
     const answers = [];
     page.on('response', async (response) => {
@@ -70,6 +69,18 @@ test('GraphiQL runs a mutation, a query and a live subscription', { skip: skipBr
     });
 
     await page.goto(`${BASE}/`);
+    if (TOKEN) {
+      // A closed deploy: the page's first introspection is refused (401) until the user puts
+      // the credential in the Headers tab and fetches the schema again. GraphiQL then sends it
+      // with every request, and the page puts it in the WebSocket API's URL for subscriptions.
+      await eventually(() => answers.some((a) => a.status === 401));
+      await page.getByRole('button', { name: 'Headers' }).click();
+      const headers = await editor(page, '.graphiql-editor-tool .graphiql-editor:not(.hidden)');
+      await headers.set(JSON.stringify({ authorization: `Bearer ${TOKEN}` }));
+      answers.length = 0;
+      policy.consoleErrors.length = 0; // the refused requests' "Failed to load resource"
+      await page.click('[aria-label="Re-fetch GraphQL schema"]');
+    }
 
     // The page has the schema: the documentation explorer lists the root types...
     await eventually(() => answers.some((a) => a.query?.includes('__schema')));

@@ -7,8 +7,25 @@ assert.ok(BASE, 'OUTBOXDEMO_URL must name the running target (scripts/e2e sets i
 /** `local` (the local stack) or `rehearsal` (the AWS deployment, rehearsed). */
 export const TARGET = process.env.OUTBOXDEMO_TARGET ?? 'local';
 assert.ok(['local', 'rehearsal'].includes(TARGET), `unknown OUTBOXDEMO_TARGET ${TARGET}`);
+/**
+ * The credential the target requires (the rehearsal's default deploy lets no anonymous client
+ * in): sent as `Authorization: Bearer <token>` over HTTP and, on the WebSocket API, where it is
+ * checked when the socket opens, as the URL's `token` parameter.
+ */
+export const TOKEN = process.env.OUTBOXDEMO_TOKEN || null;
+/** The headers a request to the target carries. */
+export function authorization() {
+  return TOKEN ? { authorization: `Bearer ${TOKEN}` } : {};
+}
 /** Subscriptions: the local stack's /graphql/ws, or the WebSocket API on AWS. */
-export const WS_URL = process.env.OUTBOXDEMO_WS_URL ?? `${BASE.replace(/^http/, 'ws')}/graphql/ws`;
+const wsUrl = process.env.OUTBOXDEMO_WS_URL ?? `${BASE.replace(/^http/, 'ws')}/graphql/ws`;
+export const WS_URL = TOKEN ? `${wsUrl}?token=${encodeURIComponent(TOKEN)}` : wsUrl;
+/** `fetch` with the credential added to whatever headers the caller gives. */
+export function authorizedFetch(input, init = {}) {
+  const headers = new Headers(init.headers);
+  for (const [name, value] of Object.entries(authorization())) headers.set(name, value);
+  return fetch(input, { ...init, headers });
+}
 /** Where the number of stored subscriptions is read: /health locally, the rehearsal's status. */
 const STATUS_URL = process.env.OUTBOXDEMO_STATUS_URL ?? `${BASE}/health`;
 
@@ -21,7 +38,7 @@ export function localOnly(reason) {
 export async function graphql(query, variables = {}) {
   const response = await fetch(`${BASE}/graphql`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...authorization() },
     body: JSON.stringify({ query, variables }),
   });
   assert.equal(response.status, 200);

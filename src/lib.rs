@@ -16,6 +16,8 @@
 //!   dead-letter.
 //! - [`faults`]: fault injection for tests and drills (off by default; the `--fault-…` flags).
 //! - [`cli`]: the `dead-letters` subcommands: list, show, redrive.
+//! - [`hosts`]: a server on a loopback address answers only for loopback host names (DNS
+//!   rebinding).
 //! - [`stack`]: the wiring, its [`stack::Settings`] (also the command line's flags), and
 //!   [`stack::run`], which serves it all until told to stop.
 
@@ -25,5 +27,6 @@ pub mod bus;
 pub mod cli;
 pub mod embedded;
 pub mod faults;
+pub mod hosts;
 pub mod stack;
 pub mod stream;

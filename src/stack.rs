@@ -183,8 +183,12 @@ pub async fn run(
     let dead_letters: Arc<dyn api::DeadLetterFeed> =
         Arc::new(EmbeddedDeadLetters::new(Arc::clone(&db)));
     let schema = api::build_schema_with(books, activity, hub, Some(dead_letters), &settings.api);
-    let app = api::router::router_with(schema, &settings.api);
-    tracing::info!(address = %listener.local_addr()?, storage = ?settings.storage, "serving");
+    let mut app = api::router::router_with(schema, &settings.api);
+    let address = listener.local_addr()?;
+    if address.ip().is_loopback() {
+        app = crate::hosts::only_local_hosts(app, &settings.api.allowed_origins);
+    }
+    tracing::info!(%address, storage = ?settings.storage, "serving");
     // Small responses and WebSocket frames go out at once rather than waiting on Nagle's
     // algorithm for the peer's delayed ACK (up to 40 ms on Linux).
     let listener = listener.tap_io(|tcp| {

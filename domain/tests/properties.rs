@@ -13,6 +13,8 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_dynamo::{AttributeValue, Item};
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 /// Characters that `str::trim` removes: ASCII and Unicode whitespace, some of it also control.
 const WHITESPACE: &[char] = &[
@@ -21,6 +23,16 @@ const WHITESPACE: &[char] = &[
 ];
 /// Control characters that are not whitespace.
 const CONTROL: &[char] = &['\0', '\u{1}', '\u{1b}', '\u{7f}', '\u{80}', '\u{9f}'];
+/// Format characters (zero-width, bidi controls, BOM, soft hyphen), and a combining accent
+/// (valid, but it composes with the letter before it in NFC).
+const FORMAT: &[char] = &[
+    '\u{200b}', '\u{200d}', '\u{202e}', '\u{2066}', '\u{feff}', '\u{ad}',
+];
+const COMBINING: char = '\u{301}';
+
+fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
+}
 
 /// Any character, biased toward the ones the rules are about.
 fn any_char() -> impl Strategy<Value = char> {
@@ -28,6 +40,8 @@ fn any_char() -> impl Strategy<Value = char> {
         6 => proptest::char::range('a', 'z'),
         1 => select(WHITESPACE),
         1 => select(CONTROL),
+        1 => select(FORMAT),
+        1 => Just(COMBINING),
         2 => any::<char>(),
     ]
 }
@@ -52,7 +66,8 @@ fn valid_text(max: usize) -> impl Strategy<Value = String> {
     let char = prop_oneof![
         8 => proptest::char::range('A', 'z'),
         1 => Just(' '),
-        2 => any::<char>().prop_filter("control", |c| !c.is_control()),
+        1 => Just(COMBINING),
+        2 => any::<char>().prop_filter("control or format", |c| !c.is_control() && !is_format(*c)),
     ];
     // Mostly short, to keep cases cheap; often the longest allowed.
     prop_oneof![
@@ -60,10 +75,12 @@ fn valid_text(max: usize) -> impl Strategy<Value = String> {
         1 => vec(char.clone(), 1..=max),
         1 => vec(char, max..=max),
     ]
-    .prop_filter_map("blank", |chars| {
+    .prop_filter_map("blank", move |chars| {
         let text = chars.into_iter().collect::<String>();
-        let trimmed = text.trim();
-        (!trimmed.is_empty()).then(|| trimmed.to_owned())
+        let held: String = text.trim().nfc().collect();
+        // What is stored is trimmed and in NFC (trimming once more: composing can leave a
+        // combining mark alone at an end, which is no whitespace, so it stays).
+        (!held.is_empty() && held.chars().count() <= max && held.trim() == held).then_some(held)
     })
 }
 
@@ -81,10 +98,17 @@ fn padded(core: impl Strategy<Value = String>) -> impl Strategy<Value = String> 
         })
 }
 
-/// The documented rule for names and authors, written independently of `parse`.
+/// A name or author as it is held: trimmed, in NFC.
+fn held(raw: &str) -> String {
+    raw.trim().nfc().collect()
+}
+
+/// The documented rule for names and authors, written independently of `parse`: trimmed and
+/// in NFC, 1 to `max` characters, no control and no format character.
 fn follows_text_rules(raw: &str, max: usize) -> bool {
-    let text = raw.trim();
-    (1..=max).contains(&text.chars().count()) && !text.chars().any(char::is_control)
+    let text = held(raw);
+    (1..=max).contains(&text.chars().count())
+        && !text.chars().any(|c| c.is_control() || is_format(c))
 }
 
 /// An author as a client may send it: valid `valid_weight` times as often as anything.
@@ -273,7 +297,7 @@ proptest! {
         match &parsed {
             Ok(name) => {
                 prop_assert!(follows_text_rules(&raw, MAX_NAME_CHARS));
-                prop_assert_eq!(name.as_str(), raw.trim());
+                prop_assert_eq!(name.as_str(), held(&raw));
                 prop_assert_eq!(&BookName::parse(name.as_str()).unwrap(), name);
             }
             Err(e) => {
@@ -293,7 +317,7 @@ proptest! {
         match Author::parse(&raw) {
             Ok(author) => {
                 prop_assert!(follows_text_rules(&raw, MAX_AUTHOR_CHARS));
-                prop_assert_eq!(author.as_str(), raw.trim());
+                prop_assert_eq!(author.as_str(), held(&raw));
                 prop_assert_eq!(&Author::parse(author.as_str()).unwrap(), &author);
             }
             Err(e) => {
@@ -316,8 +340,8 @@ proptest! {
             Ok(authors) => {
                 prop_assert!(valid);
                 let names: Vec<&str> = authors.names().collect();
-                let trimmed: Vec<&str> = raw.iter().map(|a| a.trim()).collect();
-                prop_assert_eq!(&names, &trimmed);
+                let held: Vec<String> = raw.iter().map(|a| held(a)).collect();
+                prop_assert_eq!(&names, &held.iter().map(String::as_str).collect::<Vec<_>>());
                 prop_assert_eq!(Authors::parse(&names).unwrap(), authors);
             }
             Err(e) => {

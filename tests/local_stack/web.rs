@@ -265,3 +265,62 @@ async fn dead_letters_need_the_token_when_one_is_set_and_never_carry_internal_te
     }
     app.stop().await;
 }
+
+/// DNS rebinding: a page of `http://rebound.example:<port>` whose name the attacker has pointed
+/// at 127.0.0.1 sends its own name as both `Host` and `Origin`, so to the origin check it is
+/// this server's own page. The server refuses every request for a host that is not a loopback
+/// name (or a listed origin's), over HTTP and for the socket, and nothing changes.
+#[tokio::test]
+async fn a_rebound_domain_is_refused_over_http_and_the_socket() {
+    let app = app_allowing(&[LISTED]).await;
+    app.add_book("Dune", &["Frank Herbert"], 1965).await;
+    let rebound = format!("rebound.example:{}", app.address.port());
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("host", &rebound)
+        .header("origin", format!("http://{rebound}"))
+        .json(&json!({"query": r#"mutation { removeBook(name: "Dune") { name } }"#}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 421);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "BAD_REQUEST");
+
+    let mut request = format!("ws://{}/graphql/ws", app.address)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("host", rebound.parse().unwrap());
+    headers.insert("origin", format!("http://{rebound}").parse().unwrap());
+    headers.insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 421),
+        other => panic!("the handshake for a rebound name was not refused: {other:?}"),
+    }
+
+    // Loopback names, and a listed origin's host, are served.
+    for host in [
+        format!("localhost:{}", app.address.port()),
+        format!("[::1]:{}", app.address.port()),
+        "localhost:5173".to_owned(),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/health"))
+            .header("host", host.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+    }
+    let book = app
+        .data(r#"{ book(name: "Dune") { name } }"#, json!({}))
+        .await;
+    assert_eq!(book["book"]["name"], "Dune", "the book is still there");
+    app.stop().await;
+}

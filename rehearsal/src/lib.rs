@@ -1,6 +1,6 @@
 //! The AWS deployment of outboxdemo rehearsed on one machine, with no AWS account and no
 //! Docker: moto server holds the data services (DynamoDB and its stream, EventBridge, SQS), the
-//! six Lambda bootstraps run as real processes under a Lambda Runtime API, and what AWS does
+//! seven Lambda bootstraps run as real processes under a Lambda Runtime API, and what AWS does
 //! between them — the event source mapping, EventBridge's asynchronous invocation of its
 //! targets, the HTTP and WebSocket APIs — is emulated here as AWS's documentation describes it,
 //! with every setting read from `template.yaml`.

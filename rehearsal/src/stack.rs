@@ -30,7 +30,7 @@ use crate::{authorizers, invoke_api, status};
 pub struct Options {
     /// `template.yaml`.
     pub template: PathBuf,
-    /// The directory holding the six bootstraps (`api`, `processor`, …; the `[[bin]]` names).
+    /// The directory holding the seven bootstraps (`api`, `processor`, …; the `[[bin]]` names).
     pub bootstraps: PathBuf,
     /// An emulator already running; when `None`, moto server is started (`moto_server`).
     pub emulator: Option<String>,

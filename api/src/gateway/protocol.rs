@@ -115,8 +115,8 @@ impl Client<'_> {
         };
         match message["type"].as_str() {
             Some("connection_init") => {
-                // The place for authentication: read a credential from message["payload"] and
-                // close with 4403 when it does not hold.
+                // The credential was checked when the socket opened: the WebSocket API's
+                // $connect authorizer (template.yaml, WebSocketAuthorizer) lets no other in.
                 if self.connections.initialize(self.connection_id).await? {
                     self.send(&json!({"type": "connection_ack"})).await
                 } else {

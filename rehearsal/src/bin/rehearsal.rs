@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use clap::Parser;
 use rehearsal::stack::{Options, Rehearsal};
 
-/// Runs template.yaml's topology on 127.0.0.1: moto server, the six functions under a Lambda
+/// Runs template.yaml's topology on 127.0.0.1: moto server, the seven functions under a Lambda
 /// Runtime API, and the stream mapping, EventBridge targets and API Gateway APIs emulated.
 #[derive(Debug, Parser)]
 struct Cli {
     /// The SAM template.
     #[arg(long, default_value = "template.yaml")]
     template: PathBuf,
-    /// The directory of the six bootstraps (`cargo build -p api -p processor -p consumers`).
+    /// The directory of the seven bootstraps (`cargo build -p api -p processor -p consumers`).
     #[arg(long, default_value = "target/debug")]
     bootstraps: PathBuf,
     /// Use this running emulator instead of starting moto server.

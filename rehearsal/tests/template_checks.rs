@@ -426,3 +426,105 @@ fn only_the_subscriptions_function_may_close_a_connection() {
         }
     }
 }
+
+/// With every parameter at its default, the conditions as CloudFormation evaluates them.
+fn default_conditions(template: &Template) -> std::collections::HashMap<String, bool> {
+    let mut names = rehearsal::template::Names::default();
+    for parameter in template.parameters() {
+        if let Some(default) = template.parameter_default(&parameter) {
+            names.refs.insert(parameter, default);
+        }
+    }
+    rehearsal::resources::evaluate_conditions(template, template.section("Conditions"), &names)
+        .unwrap()
+}
+
+#[test]
+fn a_default_deploy_puts_the_authorizer_before_every_route_but_the_graphiql_page() {
+    let template = template();
+    assert_eq!(
+        template.parameter_default("PublicAccess").as_deref(),
+        Some("none")
+    );
+    let conditions = default_conditions(&template);
+    assert_eq!(conditions.get("Guarded"), Some(&true));
+    assert_eq!(conditions.get("Private"), Some(&true));
+    assert_eq!(
+        conditions.get("HasSecret"),
+        Some(&true),
+        "a secret is generated"
+    );
+    assert_eq!(
+        conditions.get("HasCors"),
+        Some(&false),
+        "no CORS unless asked"
+    );
+
+    let body = &resource(&template, "HttpApi")["Properties"]["DefinitionBody"];
+    let paths = body["paths"].as_mapping().expect("the API's paths");
+    let mut guarded = Vec::new();
+    for (path, methods) in paths {
+        let path = path.as_str().unwrap();
+        for (method, operation) in methods.as_mapping().expect("methods") {
+            let method = method.as_str().unwrap();
+            // ANY would take CORS preflights (OPTIONS) to the authorizer, which they never pass.
+            assert_ne!(
+                method, "x-amazon-apigateway-any-method",
+                "{path}: name the methods"
+            );
+            let security = &operation["security"];
+            if (path, method) == ("/", "get") {
+                assert!(security.is_null(), "the GraphiQL page holds no data");
+                continue;
+            }
+            let choice = tagged(security, "!If").and_then(Yaml::as_sequence);
+            let [condition, then, _] = choice.map(Vec::as_slice).unwrap_or_default() else {
+                panic!("{method} {path}: security is not !If [Guarded, …]: {security:?}");
+            };
+            assert_eq!(condition.as_str(), Some("Guarded"), "{method} {path}");
+            assert!(
+                then[0]
+                    .as_mapping()
+                    .is_some_and(|m| m.contains_key("AccessAuthorizer")),
+                "{method} {path}: {then:?}"
+            );
+            guarded.push(format!("{method} {path}"));
+        }
+    }
+    assert_eq!(guarded, ["get /{proxy+}", "post /{proxy+}"]);
+
+    let scheme = tagged(&body["components"], "!If")
+        .and_then(Yaml::as_sequence)
+        .map(|choice| {
+            choice[1]["securitySchemes"]["AccessAuthorizer"]["x-amazon-apigateway-authorizer"]
+                .clone()
+        })
+        .expect("the authorizer scheme, under Guarded");
+    assert_eq!(scheme["type"].as_str(), Some("request"));
+    assert_eq!(
+        scheme["authorizerPayloadFormatVersion"].as_str(),
+        Some("2.0")
+    );
+    assert_eq!(scheme["enableSimpleResponses"].as_bool(), Some(true));
+
+    let connect = &resource(&template, "WebSocketConnectRoute")["Properties"];
+    let choice = tagged(&connect["AuthorizationType"], "!If").and_then(Yaml::as_sequence);
+    let values: Vec<_> = choice
+        .into_iter()
+        .flatten()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(
+        values,
+        ["Guarded", "CUSTOM", "NONE"],
+        "$connect asks the authorizer"
+    );
+    let authorizer = &resource(&template, "WebSocketAuthorizer")["Properties"];
+    assert_eq!(authorizer["AuthorizerType"].as_str(), Some("REQUEST"));
+    // The api holds mutations to the authorizer's grant unless everyone may write.
+    let api = &resource(&template, "ApiFunction")["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        tagged(&api["PUBLIC_ACCESS"], "!Ref").and_then(Yaml::as_str),
+        Some("PublicAccess")
+    );
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation → subscriber latency on the rehearsal of the AWS deployment (moto, the six bootstraps,
 # the stream mapping, EventBridge targets and API Gateway emulated): builds and starts
-# target/debug/rehearsal on free ports, runs bench/rehearsal-latency.js against its HTTP and
+# target/debug/rehearsal on free ports, runs bench/latency.js against its HTTP and
 # WebSocket APIs, and stops it. Usage: bench/rehearsal-latency.sh [mutations] [warm-up] [pause-ms]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ done
 url() { grep "^$1" "$log" | grep -oE '(http|ws)://[^ ]+' | head -1; }
 http=$(url 'GraphiQL'); ws=$(url 'WebSocket API'); lambda=$(url 'Lambda API')
 [ -n "$http" ] && [ -n "$ws" ] && [ -n "$lambda" ] || { cat "$log"; exit 1; }
-if ! node bench/rehearsal-latency.js "${http%/}" "$ws" "$lambda/rehearsal/status" "$@"; then
+if ! node bench/latency.js "${http%/}" "$ws" "$lambda/rehearsal/status" "$@"; then
   cat "$log"
   for f in "$logdir"/*.log; do echo "==> $f"; tail -30 "$f"; done
   exit 1

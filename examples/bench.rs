@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- mapping    # processor: ns/record; a batch of 100 through the local bus
 //! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs the store's raw add
 //! cargo run --release --example bench -- latency    # addBook ack → activity committed and → a WebSocket subscriber, p50/p95/p99/max
+//! cargo run --release --example bench -- fanout     # 5,000 WebSocket subscribers: addBook ack → the last one has it
 //! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build --profile lambda)
 //! ```
 
@@ -28,8 +29,9 @@ async fn main() {
         "mapping" => mapping().await,
         "writes" => writes().await,
         "latency" => latency().await,
+        "fanout" => fanout().await,
         "lambda" => lambda().await,
-        _ => eprintln!("usage: bench mapping|writes|latency|lambda"),
+        _ => eprintln!("usage: bench mapping|writes|latency|fanout|lambda"),
     }
 }
 
@@ -382,6 +384,141 @@ async fn latency() {
         let _ = stop.send(());
         task.await.unwrap().unwrap();
     }
+}
+
+/// How many subscribers the fan-out benchmark opens.
+const FANOUT_SUBSCRIBERS: usize = 5_000;
+
+/// Per book: how many subscribers have it, and when the last one got it.
+#[derive(Default)]
+struct FanoutArrivals {
+    books: std::sync::Mutex<std::collections::HashMap<String, (usize, Instant)>>,
+    changed: tokio::sync::Notify,
+}
+
+/// One `graphql-transport-ws` subscriber to `bookAdded` that counts each book's arrival. It
+/// reads the name out of the message text without building a JSON value, to keep the 5,000
+/// clients' share of the two cores small.
+async fn fanout_subscriber(ws: String, arrivals: Arc<FanoutArrivals>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let mut request = ws.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .unwrap();
+    socket
+        .send(Message::text(
+            r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { bookAdded { name } }"}}"#,
+        ))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let at = Instant::now();
+            if text.contains(r#""type":"ping""#) {
+                let _ = socket.send(Message::text(r#"{"type":"pong"}"#)).await;
+                continue;
+            }
+            let Some((_, rest)) = text.split_once(r#""name":""#) else {
+                continue;
+            };
+            let name = rest.split('"').next().unwrap_or_default();
+            let mut books = arrivals.books.lock().unwrap();
+            let entry = books.entry(name.to_owned()).or_insert((0, at));
+            entry.0 += 1;
+            entry.1 = entry.1.max(at);
+            let all = entry.0 == FANOUT_SUBSCRIBERS;
+            drop(books);
+            if all {
+                arrivals.changed.notify_waiters();
+            }
+        }
+    });
+}
+
+/// 5,000 WebSocket subscribers to `bookAdded`; one client adds a book, and once every
+/// subscriber has it, the next: from each mutation's answer to the last subscriber's arrival.
+async fn fanout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, task) = spawn(dir.path()).await;
+    let ws = format!("{}/ws", url.replace("http://", "ws://"));
+    let health = url.replace("/graphql", "/health");
+    let arrivals = Arc::new(FanoutArrivals::default());
+    let opening = Instant::now();
+    for _ in 0..FANOUT_SUBSCRIBERS / 250 {
+        let opened: Vec<_> = (0..250)
+            .map(|_| tokio::spawn(fanout_subscriber(ws.clone(), Arc::clone(&arrivals))))
+            .collect();
+        for subscriber in opened {
+            subscriber.await.unwrap();
+        }
+    }
+    let client = reqwest::Client::new();
+    loop {
+        let status: Value = client
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["subscriptions"].as_u64() == Some(FANOUT_SUBSCRIBERS as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "{FANOUT_SUBSCRIBERS} subscribers open in {:.1?}",
+        opening.elapsed()
+    );
+    let mutations = 200;
+    let warmup = 20;
+    let mut last = Vec::new();
+    for i in 0..warmup + mutations {
+        let name = format!("fan-{i}");
+        let changed = arrivals.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        add(&client, &url, &name).await;
+        let answered = Instant::now();
+        loop {
+            let done = arrivals
+                .books
+                .lock()
+                .unwrap()
+                .get(&name)
+                .filter(|(count, _)| *count == FANOUT_SUBSCRIBERS)
+                .map(|(_, at)| *at);
+            if let Some(at) = done {
+                if i >= warmup {
+                    last.push(at.saturating_duration_since(answered));
+                }
+                break;
+            }
+            tokio::time::timeout(Duration::from_secs(10), changed.as_mut())
+                .await
+                .expect("not every subscriber got the event within 10 s");
+            changed.set(arrivals.changed.notified());
+            changed.as_mut().enable();
+        }
+    }
+    report(
+        &format!("ack → the last of {FANOUT_SUBSCRIBERS} subscribers got it"),
+        &mut last,
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
 }
 
 fn report(what: &str, samples: &mut [Duration]) {

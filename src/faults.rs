@@ -85,8 +85,17 @@ impl EventPublisher for FaultyPublisher {
         let Some(first_failed) = random else {
             return self.inner.publish(events).await;
         };
-        // The entries before the failure go out, as with a real partial failure.
-        self.inner.publish(&events[..first_failed]).await?;
+        // The entries before the failure go out, as with a real partial failure; half the time
+        // the later ones do too, as when EventBridge refuses one entry of a PutEvents call and
+        // accepts those beside it (each entry succeeds or fails on its own:
+        // https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutEvents.html).
+        // Either way they are offered again.
+        let accepted = if fastrand::bool() {
+            events
+        } else {
+            &events[..first_failed]
+        };
+        self.inner.publish(accepted).await?;
         Err(PublishError {
             first_failed,
             reason: "injected fault".to_owned(),

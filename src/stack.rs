@@ -151,14 +151,16 @@ pub async fn run(
     let routes = Route::consumers(&activity_store)
         .into_iter()
         .map(|route| faulty_route(route, faults))
-        .chain([SubscriptionTarget::route(hub.clone())])
         .collect();
-    let bus = Arc::new(LocalBus::new(
-        Arc::clone(&db),
-        settings.event_bus_name.clone(),
-        routes,
-        settings.delivery.clone(),
-    ));
+    let bus = Arc::new(
+        LocalBus::new(
+            Arc::clone(&db),
+            settings.event_bus_name.clone(),
+            routes,
+            settings.delivery.clone(),
+        )
+        .with_live(SubscriptionTarget::live(hub.clone())),
+    );
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -182,8 +184,14 @@ pub async fn run(
 
     let dead_letters: Arc<dyn api::DeadLetterFeed> =
         Arc::new(EmbeddedDeadLetters::new(Arc::clone(&db)));
-    let schema = api::build_schema_with(books, activity, hub, Some(dead_letters), &settings.api);
-    let mut app = api::router::router_with(schema, &settings.api);
+    let schema = api::build_schema_with(
+        books.clone(),
+        activity,
+        hub,
+        Some(dead_letters),
+        &settings.api,
+    );
+    let mut app = api::router::router_with_catalogue(schema, &settings.api, books);
     let address = listener.local_addr()?;
     if address.ip().is_loopback() {
         app = crate::hosts::only_local_hosts(app, &settings.api.allowed_origins);

@@ -61,6 +61,6 @@ pub use options::{ApiOptions, WriteGrant};
 pub use router::router;
 pub use schema::{ApiSchema, build_schema, build_schema_with, sdl};
 pub use store::{
-    ActivityFeed, ActivityItem, BookStore, DeadLetter, DeadLetterFeed, DeadLetterSource, Page,
-    StoreError,
+    ActivityFeed, ActivityItem, BookStore, CatalogueVersion, DeadLetter, DeadLetterFeed,
+    DeadLetterSource, Page, StoreError,
 };

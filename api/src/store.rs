@@ -38,6 +38,15 @@ pub trait BookStore: Send + Sync {
     async fn list(&self, first: usize, after: Option<&BookName>) -> Result<Page<Book>, StoreError>;
 }
 
+/// A count that moves whenever the catalogue (the books) may have changed: after each write
+/// commits, before the write is answered. A store that can tell this (the embedded one, the
+/// catalogue's only writer) lets `/graphql` answer repeated catalogue queries from a cache
+/// ([`router_with_catalogue`](crate::router::router_with_catalogue)).
+pub trait CatalogueVersion: Send + Sync {
+    /// The version now.
+    fn catalogue_version(&self) -> u64;
+}
+
 /// An activity entry and its position in the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityItem {

@@ -8,6 +8,13 @@
 //! letters so the queue goes on. An entry leaves the queue only after its target succeeded,
 //! so delivery is at least once; targets dedupe on `metadata.eventId`.
 //!
+//! Live targets ([`LocalBus::with_live`], the GraphQL subscriptions) have no queue: each event
+//! is handed to them in memory as it is published, before the queues' commit, since a live
+//! subscriber cannot outlive the process. That is still after the change stream and the
+//! processor, never from the mutation. The stream offers a retried batch again, so the bus
+//! hands a live target only events past the last stream position it handed out: each event
+//! once, in stream order.
+//!
 //! - this module: [`LocalBus`] and publishing (routing into the queues).
 //! - `routes`: [`Route`]s, the [`Target`] trait and the targets ([`ConsumerTarget`],
 //!   [`SubscriptionTarget`]).
@@ -18,10 +25,13 @@ mod delivery;
 mod routes;
 
 pub use delivery::DeliveryOptions;
-pub use routes::{ConsumerTarget, Delivery, DeliveryError, Route, SubscriptionTarget, Target};
+pub use routes::{
+    ConsumerTarget, Delivery, DeliveryError, LiveTarget, Route, SubscriptionTarget, Target,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use processor::{EventPublisher, OutboxEvent, PublishError};
@@ -37,6 +47,10 @@ pub struct LocalBus {
     routes: Vec<Route>,
     wakers: HashMap<String, Arc<Notify>>,
     options: DeliveryOptions,
+    live: Vec<Arc<dyn LiveTarget>>,
+    /// The stream position (local sequence number) of the last event handed to the live
+    /// targets; -1 before the first.
+    live_position: AtomicI64,
 }
 
 impl std::fmt::Debug for LocalBus {
@@ -66,6 +80,35 @@ impl LocalBus {
             routes,
             wakers,
             options,
+            live: Vec::new(),
+            live_position: AtomicI64::new(-1),
+        }
+    }
+
+    /// The bus with `target` fed in memory as events are published (see the module docs).
+    pub fn with_live(mut self, target: Arc<dyn LiveTarget>) -> Self {
+        self.live.push(target);
+        self
+    }
+
+    /// Hands the live targets every event of `events` past the last stream position they
+    /// were handed, in order. An event without a local sequence number (none of the local
+    /// stream's) is handed out as it is.
+    fn publish_live(&self, events: &[OutboxEvent]) {
+        if self.live.is_empty() {
+            return;
+        }
+        for event in events {
+            if let Ok(seq) = event.envelope.metadata.sequence_number.parse::<i64>() {
+                // One stream reader publishes, one batch at a time; `fetch_max` keeps the
+                // check and the advance one step all the same.
+                if self.live_position.fetch_max(seq, Ordering::AcqRel) >= seq {
+                    continue;
+                }
+            }
+            for target in &self.live {
+                target.publish(event);
+            }
         }
     }
 
@@ -89,6 +132,9 @@ impl LocalBus {
 #[async_trait]
 impl EventPublisher for LocalBus {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        // The change is durable in the stream already; a live subscriber does not wait for
+        // the queues' commit.
+        self.publish_live(events);
         let mut rows = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let json = Self::to_bus_event(event)

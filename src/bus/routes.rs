@@ -1,13 +1,13 @@
 //! The bus's rules and targets: a [`Route`] sends the events it matches to one [`Target`]; the
-//! targets are the consumers ([`ConsumerTarget`]) and the GraphQL subscriptions
-//! ([`SubscriptionTarget`]).
+//! targets are the consumers ([`ConsumerTarget`]). The GraphQL subscriptions are a
+//! [`LiveTarget`] ([`SubscriptionTarget`]), fed in memory as events are published.
 
 use std::sync::Arc;
 
 use api::{BookEvent, EventHub};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use consumers::{ActivityStore, Consumer, ConsumerError};
-use domain::event::DetailType;
+use processor::OutboxEvent;
 use serde_json::Value;
 
 /// A delivery that has taken its first step (see [`Target::deliver`]); it resolves once the
@@ -98,34 +98,41 @@ impl Target for ConsumerTarget {
     }
 }
 
-/// The GraphQL subscriptions as a bus target: every event of the processor goes to the
+/// A target in this process's memory only, handed each event as the processor publishes it,
+/// with no durable queue: what it serves cannot outlive the process, so a queue that survives a
+/// restart would serve no one.
+pub trait LiveTarget: Send + Sync {
+    /// Takes one event of the processor, after the change stream. It must not wait: the
+    /// publishing stream reader is the caller.
+    fn publish(&self, event: &OutboxEvent);
+}
+
+/// The GraphQL subscriptions as a live bus target: every event of the processor goes to the
 /// [`EventHub`], which hands it to the subscribers without waiting for any of them.
+///
+/// It is the rule the template declares for the notifier (every detail type of the processor's
+/// source), but fed in memory: a live subscriber needs no queue that outlives the process. The
+/// event is the envelope the notifier Lambda reads out of its `EventBridgeEvent`
+/// ([`BookEvent::from_eventbridge`] makes the same [`BookEvent`] of it), taken as it is rather
+/// than through EventBridge's JSON, so nothing can make it malformed on the way.
 #[derive(Debug, Clone)]
 pub struct SubscriptionTarget {
     hub: EventHub,
 }
 
 impl SubscriptionTarget {
-    /// The route for subscriptions: every detail type of the processor's events, to `hub`.
-    pub fn route(hub: EventHub) -> Route {
-        Route {
-            name: "subscriptions".to_owned(),
-            source: domain::event::SOURCE.to_owned(),
-            detail_types: DetailType::ALL
-                .iter()
-                .map(|t| t.as_str().to_owned())
-                .collect(),
-            target: Arc::new(Self { hub }),
-        }
+    /// The live target for subscriptions, handing events to `hub`.
+    pub fn live(hub: EventHub) -> Arc<dyn LiveTarget> {
+        Arc::new(Self { hub })
     }
 }
 
-impl Target for SubscriptionTarget {
-    fn deliver(&self, event: EventBridgeEvent<Value>) -> Result<Delivery, DeliveryError> {
-        let event = BookEvent::from_eventbridge(event)
-            .map_err(|e| DeliveryError::permanent(e.to_string()))?;
-        self.hub.publish(event);
-        Ok(Box::pin(std::future::ready(Ok(()))))
+impl LiveTarget for SubscriptionTarget {
+    fn publish(&self, event: &OutboxEvent) {
+        if event.source() == domain::event::SOURCE {
+            self.hub
+                .publish(BookEvent::new(event.detail_type, event.envelope.clone()));
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! in the [`stream`] table in one transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use api::{BookStore, Page, StoreError};
+use api::{BookStore, CatalogueVersion, Page, StoreError};
 use async_trait::async_trait;
 use domain::item;
 use domain::{Book, BookName};
@@ -21,15 +22,34 @@ CREATE TABLE IF NOT EXISTS books (
 /// A [`BookStore`] on the embedded database. Every write commits the item and its stream
 /// record (`INSERT` with the new image, `REMOVE` with the old one) in one transaction, as
 /// DynamoDB Streams records exactly the committed changes.
+///
+/// It is the catalogue's only writer, so it can tell when the catalogue may have changed
+/// ([`CatalogueVersion`]): the version moves once each write has committed (or failed), before
+/// the write is answered.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBookStore {
     db: Arc<Db>,
+    version: Arc<AtomicU64>,
 }
 
 impl EmbeddedBookStore {
     /// A store on `db`.
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+        Self {
+            db,
+            version: Arc::default(),
+        }
+    }
+
+    /// Marks the end of a write, whatever it did.
+    fn written(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl CatalogueVersion for EmbeddedBookStore {
+    fn catalogue_version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 }
 
@@ -87,6 +107,7 @@ impl BookStore for EmbeddedBookStore {
                 Ok(Outcome::Done(()))
             })
             .await;
+        self.written();
         let result = into_result(outcome);
         if result.is_ok() {
             self.db.notify_stream_appended();
@@ -111,6 +132,7 @@ impl BookStore for EmbeddedBookStore {
                 Ok(Outcome::Done(book))
             })
             .await;
+        self.written();
         let result = into_result(outcome);
         if result.is_ok() {
             self.db.notify_stream_appended();

@@ -17,6 +17,10 @@ CREATE TABLE IF NOT EXISTS bus_queue (
 );
 CREATE INDEX IF NOT EXISTS bus_queue_by_target ON bus_queue (target, id);";
 
+/// Version 3: the subscriptions are a live target of the bus, with no queue; what an earlier
+/// version queued for them was for subscribers that ended with its process.
+pub(super) const DDL_V3: &str = "DELETE FROM bus_queue WHERE target = 'subscriptions';";
+
 /// One queued delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Queued {

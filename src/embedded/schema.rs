@@ -29,6 +29,8 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // 2: activity entries unique per (event id, consumer).
     &[activity::DDL_V2],
+    // 3: no queue for the subscriptions, which the bus feeds in memory.
+    &[bus_queue::DDL_V3],
 ];
 
 /// The schema version this program writes.

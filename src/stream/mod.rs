@@ -203,7 +203,8 @@ impl<H: BatchHandler> StreamReader<H> {
 
     /// Reads and handles one batch after `checkpoint`. After a fully handled batch the
     /// checkpoint is saved by a write left in `saving`, which commits while the next batch is
-    /// read and handled; it is awaited before the next checkpoint write.
+    /// read and handled (so the next batch's events are not held behind it); it is awaited
+    /// before the next checkpoint write, which the store applies after it in any case.
     async fn step(
         &self,
         checkpoint: i64,
@@ -215,10 +216,10 @@ impl<H: BatchHandler> StreamReader<H> {
             .db
             .read(move |conn| stream::after(conn, checkpoint, batch_size))
             .await?;
-        if let Some(save) = saving.take() {
-            save.await?;
-        }
         let Some(last) = records.last().map(|r| r.seq) else {
+            if let Some(save) = saving.take() {
+                save.await?;
+            }
             return Ok(Step::Idle);
         };
         let mut event = Event::default();
@@ -227,6 +228,9 @@ impl<H: BatchHandler> StreamReader<H> {
             .map(lambda_record)
             .collect::<Result<Vec<_>, _>>()?;
         let response = self.handler.handle(event).await;
+        if let Some(save) = saving.take() {
+            save.await?;
+        }
 
         let Some(index) = first_failure(&response, &records) else {
             *saving = Some(Box::pin(

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::support::{error_code, quick_settings, spawn_app, spawn_with};
+use outboxdemo::stack::Storage;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -103,6 +104,74 @@ async fn books_can_be_added_read_paged_and_removed() {
     assert_eq!(response["data"]["book"]["publishedYear"], 1965);
 
     app.stop().await;
+}
+
+/// The catalogue's answers are cached (the embedded store tells when the catalogue changed):
+/// while readers keep asking the very same queries, every read sent after a mutation was
+/// answered sees that mutation, whatever the cache held.
+#[tokio::test]
+async fn a_catalogue_read_after_an_answered_mutation_sees_it_though_readers_keep_the_cache_warm() {
+    const PAGE: &str = "{ books(first: 100) { edges { node { name } } } }";
+    const ONE: &str = "query($name: String!) { book(name: $name) { name publishedYear } }";
+    let app = std::sync::Arc::new(spawn_with(quick_settings(Storage::InMemory)).await);
+    let names = |page: &Value| -> Vec<String> {
+        page["books"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    app.data(PAGE, json!({})).await;
+                    app.data(ONE, json!({"name": "Book 0"})).await;
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 0..40 {
+        let name = format!("Book {i}");
+        app.add_book(&name, &["A"], 2000).await;
+        assert!(names(&app.data(PAGE, json!({})).await).contains(&name));
+        let one = app.data(ONE, json!({"name": "Book 0"})).await;
+        assert_eq!(
+            one["book"]["name"],
+            if i % 2 == 0 {
+                json!("Book 0")
+            } else {
+                Value::Null
+            }
+        );
+        if i % 2 == 0 {
+            // Removed again at once, then added back at the next step, so `book(name: "Book 0")`
+            // changes at every step.
+            app.remove_book("Book 0").await;
+            assert_eq!(
+                app.data(ONE, json!({"name": "Book 0"})).await["book"],
+                Value::Null
+            );
+            assert!(!names(&app.data(PAGE, json!({})).await).contains(&"Book 0".to_owned()));
+        } else {
+            app.add_book("Book 0", &["A"], 2000).await;
+            assert_eq!(
+                app.data(ONE, json!({"name": "Book 0"})).await["book"]["name"],
+                "Book 0"
+            );
+        }
+        assert!(names(&app.data(PAGE, json!({})).await).contains(&name) || name == "Book 0");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.unwrap() > 0);
+    }
 }
 
 #[tokio::test]

@@ -6,66 +6,21 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use outboxdemo::stack::{Settings, Storage};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use crate::support::{TestApp, error_code, quick_settings, spawn_with};
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::support::{
+    Socket, TestApp, error_code, next, open_subscriptions, quick_settings, send, socket,
+    spawn_with, subscribe,
+};
 
 const EVENTS: &str = "subscription { bookEvents { eventId type bookName } }";
 
 fn in_memory() -> Settings {
     quick_settings(Storage::InMemory)
-}
-
-/// A `graphql-transport-ws` socket on `app`, initialised.
-async fn socket(app: &TestApp) -> Socket {
-    let mut request = format!("ws://{}/graphql/ws", app.address)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    send(&mut socket, json!({"type": "connection_init"})).await;
-    assert_eq!(next(&mut socket).await["type"], "connection_ack");
-    socket
-}
-
-async fn send(socket: &mut Socket, message: Value) {
-    socket
-        .send(Message::text(message.to_string()))
-        .await
-        .unwrap();
-}
-
-fn subscribe(id: &str, query: &str) -> Value {
-    json!({"type": "subscribe", "id": id, "payload": {"query": query}})
-}
-
-/// The next protocol message (pings answered on the way), within a few seconds.
-async fn next(socket: &mut Socket) -> Value {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await.unwrap().unwrap() {
-                Message::Text(text) => {
-                    let message: Value = serde_json::from_str(&text).unwrap();
-                    if message["type"] != "ping" {
-                        return message;
-                    }
-                }
-                other => panic!("not a protocol message: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("no message in time")
 }
 
 /// The close frame the server ends the socket with.
@@ -83,19 +38,6 @@ async fn closed(socket: &mut Socket) -> (CloseCode, String) {
     })
     .await
     .expect("not closed in time")
-}
-
-async fn open_subscriptions(app: &TestApp) -> u64 {
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    health["subscriptions"].as_u64().unwrap()
 }
 
 /// Waits until `/health` counts `count` open subscriptions (or fails after a deadline).

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::support::{TestApp, error_code, quick_settings, spawn_with};
+use crate::support::{
+    TestApp, error_code, next, open_subscriptions, quick_settings, send, socket, spawn_with,
+    subscribe,
+};
 use outboxdemo::faults::Faults;
 use outboxdemo::stack::Storage;
 use serde_json::{Value, json};
@@ -40,25 +43,63 @@ async fn with_faults_injected_every_change_is_delivered_once_and_the_poison_is_s
     // which no retry can map, aside at once.
     settings.delivery.max_attempts = 30;
     let app = spawn_with(settings).await;
+    let mut subscriber = socket(&app).await;
+    send(
+        &mut subscriber,
+        subscribe(
+            "all",
+            "subscription { bookEvents { eventId type bookName } }",
+        ),
+    )
+    .await;
+    eventually(|| async { open_subscriptions(&app).await == 1 }).await;
 
     let mut expected = 0;
+    // The changes in commit order, as a subscriber must see them: the poison never becomes an
+    // event.
+    let mut changes = Vec::new();
     for i in 0..15 {
         let name = format!("Book {i}");
         app.add_book(&name, &["A"], 2000).await;
         expected += 1;
+        changes.push(("ADDED", name.clone()));
         if i == 5 {
             app.add_book("Poison", &["A"], 2000).await;
         }
         if i % 3 == 0 {
             app.remove_book(&name).await;
             expected += 1;
+            changes.push(("REMOVED", name));
         }
     }
+    // Publishes that fail after the bus took some or all of their events are offered again:
+    // the subscriber still gets each change once, in commit order.
+    let mut seen = Vec::new();
+    while seen.len() < changes.len() {
+        let message = next(&mut subscriber).await;
+        assert_eq!(message["type"], "next", "{message}");
+        let event = &message["payload"]["data"]["bookEvents"];
+        seen.push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["bookName"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let changes: Vec<(String, String)> = changes
+        .into_iter()
+        .map(|(kind, name)| (kind.to_owned(), name))
+        .collect();
+    assert_eq!(seen, changes);
     let activity = app.wait_for_activity(expected).await;
     assert_eq!(
         activity.len(),
         expected,
         "every change but the poison, exactly once"
+    );
+    // Every retried publish is over by now: nothing more reached the subscriber.
+    let more = tokio::time::timeout(Duration::from_millis(200), next(&mut subscriber)).await;
+    assert!(
+        more.is_err(),
+        "a change reached the subscriber twice: {more:?}"
     );
     let mut per_event: HashMap<&str, usize> = HashMap::new();
     for entry in &activity {

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
 use outboxdemo::stack::{self, Settings, Storage};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -146,4 +149,67 @@ pub fn error_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+/// A WebSocket client of the local stack.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `graphql-transport-ws` socket on `app`, initialised.
+pub async fn socket(app: &TestApp) -> Socket {
+    let mut request = format!("ws://{}/graphql/ws", app.address)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    send(&mut socket, json!({"type": "connection_init"})).await;
+    assert_eq!(next(&mut socket).await["type"], "connection_ack");
+    socket
+}
+
+pub async fn send(socket: &mut Socket, message: Value) {
+    socket
+        .send(Message::text(message.to_string()))
+        .await
+        .unwrap();
+}
+
+pub fn subscribe(id: &str, query: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "payload": {"query": query}})
+}
+
+/// The next protocol message (pings answered on the way), within a few seconds.
+pub async fn next(socket: &mut Socket) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await.unwrap().unwrap() {
+                Message::Text(text) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    if message["type"] != "ping" {
+                        return message;
+                    }
+                }
+                other => panic!("not a protocol message: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no message in time")
+}
+
+/// How many subscriptions the stack has open (its `/health`).
+pub async fn open_subscriptions(app: &TestApp) -> u64 {
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["subscriptions"].as_u64().unwrap()
 }

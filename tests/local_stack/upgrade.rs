@@ -6,7 +6,9 @@ use crate::support::spawn_app;
 
 /// A data directory written before the schema had a version (`tests/fixtures/v0`, made by the
 /// code of that time) is upgraded in place: every book, activity entry and dead letter is still
-/// there, the events that were still queued are delivered, and the stream goes on from its
+/// there, the events that were still queued for the consumers are delivered (those queued for
+/// the subscriptions, a live target now, are dropped: their subscribers ended with the process
+/// that queued them, and nothing would ever deliver them), and the stream goes on from its
 /// checkpoint (nothing before it is read again: Hopeless, dead-lettered by the bus, and Poison,
 /// dead-lettered by the stream, get no activity).
 #[tokio::test]

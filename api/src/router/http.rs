@@ -8,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::{AppState, responses};
 use crate::operation::operation_type;
 use crate::options::{Credential, WriteGrant};
 
@@ -74,6 +74,22 @@ pub(super) async fn graphql(
         }
         Err(rejection) => return refuse(rejection.status(), "BAD_REQUEST", rejection.body_text()),
     };
+    let authorization = headers.get(header::AUTHORIZATION);
+    let cache_key = state.responses.as_ref().map(|responses| {
+        let key = responses::Key::new(
+            method == Method::POST,
+            uri.query().unwrap_or_default(),
+            &body,
+            authorization.map(HeaderValue::as_bytes),
+            spec_media_type,
+        );
+        (responses, key)
+    });
+    if let Some((responses, key)) = &cache_key
+        && let Some(answer) = responses.get(key)
+    {
+        return answer_with(answer, media_type);
+    }
     let parsed = if method == Method::POST {
         serde_json::from_slice::<async_graphql::Request>(&body).map_err(|e| e.to_string())
     } else {
@@ -90,9 +106,7 @@ pub(super) async fn graphql(
             );
         }
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = authorization.and_then(|v| v.to_str().ok());
     let mut request = request.data(Credential::from_authorization(authorization));
     if let Some(Extension(grant)) = grant {
         request = request.data(grant);
@@ -110,6 +124,10 @@ pub(super) async fn graphql(
         return response;
     }
 
+    // The version before execution: an answer is kept under it (see `responses`).
+    let keep = cache_key
+        .filter(|_| catalogue_only(&mut request))
+        .map(|(responses, key)| (responses, key, responses.version()));
     let response = state.schema.execute(request).await;
     // A request error happens before execution: no data, and no error belongs to a field.
     let request_error = response.data == async_graphql::Value::Null
@@ -123,17 +141,38 @@ pub(super) async fn graphql(
         return reply(StatusCode::BAD_REQUEST, body);
     }
     match serde_json::to_vec(&response) {
-        Ok(body) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
-            body,
-        )
-            .into_response(),
+        Ok(body) => {
+            let body = Bytes::from(body);
+            if let Some((responses, key, version)) = keep
+                && response.errors.is_empty()
+            {
+                responses.put(key, version, body.clone());
+            }
+            answer_with(body, media_type)
+        }
         Err(error) => refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
             format!("the response could not be written: {error}"),
         ),
     }
+}
+
+/// A 200 answer with this body.
+fn answer_with(body: Bytes, media_type: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(media_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether the request's operation reads the catalogue alone (and so may be cached).
+fn catalogue_only(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    request.parsed_query().is_ok_and(|document| {
+        responses::reads_only_the_catalogue(document, operation_name.as_deref())
+    })
 }
 
 /// Whether the operation the request would run is a mutation.

@@ -2,6 +2,7 @@
 //!
 //! - `http`: GraphQL over HTTP at `/graphql` (GET and POST), per the GraphQL-over-HTTP spec.
 //! - `documents`: the cache of parsed documents that `/graphql` shares across requests.
+//! - `responses`: the cache of catalogue answers, where the store tells the catalogue's version.
 //! - `graphiql`: the GraphiQL page at `/`, and [`BasePath`], the prefix it links under.
 //! - `health`: the `/health` route.
 //! - `websocket`: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
@@ -18,6 +19,7 @@ use axum::routing::get;
 
 use crate::options::ApiOptions;
 use crate::schema::ApiSchema;
+use crate::store::CatalogueVersion;
 
 mod cors;
 mod documents;
@@ -25,6 +27,7 @@ mod graphiql;
 mod health;
 mod http;
 mod origin;
+mod responses;
 mod websocket;
 
 pub use graphiql::BasePath;
@@ -39,6 +42,28 @@ pub fn router(schema: ApiSchema) -> Router {
 /// [`router`] with these options (keep-alive, body and subscription limits, GraphiQL on or off,
 /// the origins allowed besides this server's own).
 pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
+    routes(schema, options, None)
+}
+
+/// [`router_with`], answering repeated catalogue queries (`books`, `book`) from a cache while
+/// `version` says the catalogue is unchanged (see [`CatalogueVersion`]).
+pub fn router_with_catalogue(
+    schema: ApiSchema,
+    options: &ApiOptions,
+    version: Arc<dyn CatalogueVersion>,
+) -> Router {
+    routes(
+        schema,
+        options,
+        Some(Arc::new(responses::Responses::new(version))),
+    )
+}
+
+fn routes(
+    schema: ApiSchema,
+    options: &ApiOptions,
+    responses: Option<Arc<responses::Responses>>,
+) -> Router {
     let allowed_origins = Arc::new(origin::AllowedOrigins::new(&options.allowed_origins));
     let mut router = Router::new();
     if options.graphiql {
@@ -64,6 +89,7 @@ pub fn router_with(schema: ApiSchema, options: &ApiOptions) -> Router {
             max_message_bytes: options.max_body_bytes,
             allowed_origins: Arc::clone(&allowed_origins),
             documents: Arc::default(),
+            responses,
         });
     if allowed_origins.is_empty() {
         return router;
@@ -86,4 +112,6 @@ struct AppState {
     /// The origins besides this server's own whose pages may open a socket.
     allowed_origins: Arc<origin::AllowedOrigins>,
     documents: Arc<documents::Documents>,
+    /// Catalogue answers, when the store tells the catalogue's version.
+    responses: Option<Arc<responses::Responses>>,
 }

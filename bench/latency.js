@@ -1,14 +1,19 @@
-// Mutation → subscriber latency on the rehearsal of the AWS deployment (bench/rehearsal-latency.sh
-// starts one and runs this). One graphql-ws client subscribes to `bookEvents` on the WebSocket
-// API; mutations go to the HTTP API's /graphql one at a time, addBook then removeBook of the same
-// book, each sent only once the subscriber has the event of the one before. Prints p50/p99/min/max
-// of: mutation sent → event at the subscriber, mutation answered → event at the subscriber, and
-// the mutation's round trip. Figures only; it fails (exit 1) only if an event does not arrive.
+// Mutation → subscriber latency, seen by one external client: a graphql-ws subscriber (over
+// `ws`) and `fetch` mutations, addBook then removeBook of the same book, one at a time. Against
+// the local stack (bench/local-latency.sh) or the rehearsal of the AWS deployment
+// (bench/rehearsal-latency.sh). Prints p50/p99/min/max of: mutation sent → event at the
+// subscriber, mutation answered → event at the subscriber, and the mutation's round trip.
+// Figures only; it fails (exit 1) only if an event does not arrive.
 //
-// Usage: node bench/rehearsal-latency.js HTTP_URL WS_URL STATUS_URL [mutations] [warm-up] [pause-ms]
-// (HTTP_URL without the trailing slash; STATUS_URL is the Lambda API's /rehearsal/status.)
-// pause-ms, 0 unless given, is an idle gap before each mutation: with more than the stream
-// mapping's batching window, a record no longer waits for the window (BENCHMARKS.md).
+// Usage: node bench/latency.js HTTP_URL WS_URL STATUS_URL [mutations] [warm-up] [pause-ms] [mode]
+// (HTTP_URL without the trailing slash; STATUS_URL answers JSON with a `subscriptions` count: the
+// local stack's /health, the rehearsal's Lambda API /rehearsal/status.) pause-ms, 0 unless given,
+// is an idle gap before each mutation: with more than the stream mapping's batching window, a
+// record no longer waits for the window (BENCHMARKS.md). mode: `event` (the default) sends each
+// mutation once the subscriber has the event of the one before; `answer` sends it as soon as the
+// one before is answered, and the events are matched as they come. An event can reach the
+// subscriber before the client has read the mutation's answer: "answered → subscriber" is then
+// negative, and is printed as it is. OUTBOXDEMO_TOKEN, when set, is sent as the bearer token.
 'use strict';
 
 const path = require('node:path');
@@ -18,11 +23,14 @@ const e2e = require('node:module').createRequire(path.join(__dirname, '..', 'e2e
 const { createClient } = e2e('graphql-ws');
 const WebSocket = e2e('ws');
 
-const [http, wsUrl, statusUrl, countArg, warmupArg, pauseArg] = process.argv.slice(2);
+const [http, wsUrl, statusUrl, countArg, warmupArg, pauseArg, modeArg] = process.argv.slice(2);
 if (!http || !wsUrl || !statusUrl) {
-  console.error('usage: rehearsal-latency.js HTTP_URL WS_URL STATUS_URL [mutations] [warm-up] [pause-ms]');
+  console.error('usage: latency.js HTTP_URL WS_URL STATUS_URL [mutations] [warm-up] [pause-ms] [event|answer]');
   process.exit(2);
 }
+const MODE = modeArg ?? 'event';
+const TOKEN = process.env.OUTBOXDEMO_TOKEN;
+const AUTH = TOKEN ? { authorization: `Bearer ${TOKEN}` } : {};
 const COUNT = Number(countArg ?? 200);
 const WARMUP = Number(warmupArg ?? 20);
 const PAUSE_MS = Number(pauseArg ?? 0);
@@ -65,7 +73,7 @@ function eventTime(key) {
 async function mutate(query, variables) {
   const response = await fetch(`${http}/graphql`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...AUTH },
     body: JSON.stringify({ query, variables }),
   });
   const body = await response.json();
@@ -73,7 +81,7 @@ async function mutate(query, variables) {
 }
 
 async function subscriptions() {
-  return (await (await fetch(statusUrl)).json()).subscriptions;
+  return (await (await fetch(statusUrl, { headers: AUTH })).json()).subscriptions;
 }
 
 /** Nearest-rank percentile of sorted values. */
@@ -83,12 +91,16 @@ function percentile(sorted, p) {
 
 function row(label, values) {
   const sorted = [...values].sort((a, b) => a - b);
-  const ms = (v) => `${v.toFixed(1)} ms`.padStart(10);
+  const ms = (v) => `${v.toFixed(2)} ms`.padStart(10);
   return `${label.padEnd(28)}${ms(percentile(sorted, 50))}${ms(percentile(sorted, 99))}${ms(sorted[0])}${ms(sorted.at(-1))}${String(sorted.length).padStart(6)}`;
 }
 
 async function main() {
-  const client = createClient({ url: wsUrl, webSocketImpl: WebSocket, lazy: false, retryAttempts: 0 });
+  const url = TOKEN && wsUrl.includes('/graphql/ws') === false ? `${wsUrl}?token=${encodeURIComponent(TOKEN)}` : wsUrl;
+  const client = createClient({
+    url, webSocketImpl: WebSocket, lazy: false, retryAttempts: 0,
+    connectionParams: TOKEN ? { authorization: `Bearer ${TOKEN}` } : undefined,
+  });
   let failed = null;
   const before = await subscriptions();
   const dispose = client.subscribe(
@@ -106,6 +118,7 @@ async function main() {
   const sentToEvent = [];
   const answeredToEvent = [];
   const roundTrip = [];
+  const pending = [];
   const started = performance.now();
   for (let i = 0; i < WARMUP + COUNT; i += 1) {
     if (failed) throw failed;
@@ -118,19 +131,25 @@ async function main() {
     const sent = performance.now();
     await mutate(query, variables);
     const answered = performance.now();
-    const at = await event;
-    if (i >= WARMUP) {
-      sentToEvent.push(at - sent);
-      answeredToEvent.push(at - answered);
-      roundTrip.push(answered - sent);
-    }
+    const measured = event.then((at) => {
+      if (i >= WARMUP) {
+        sentToEvent.push(at - sent);
+        answeredToEvent.push(at - answered);
+        roundTrip.push(answered - sent);
+      }
+    });
+    if (MODE === 'event') await measured; else pending.push(measured);
   }
+  await Promise.all(pending);
   const seconds = (performance.now() - started) / 1000;
   dispose();
   await client.dispose();
 
   const pause = PAUSE_MS > 0 ? `, ${PAUSE_MS} ms idle before each` : '';
-  console.log(`${COUNT} mutations after ${WARMUP} warm-up, one at a time${pause}, in ${seconds.toFixed(1)} s`);
+  const after = MODE === 'event' ? "the event of the one before" : 'the answer to the one before';
+  const early = answeredToEvent.filter((v) => v < 0).length;
+  console.log(`${COUNT} mutations after ${WARMUP} warm-up, each sent after ${after}${pause}, in ${seconds.toFixed(1)} s`);
+  console.log(`${early} of ${COUNT} events reached the subscriber before the client had read the mutation's answer`);
   console.log(`${''.padEnd(28)}${'p50'.padStart(10)}${'p99'.padStart(10)}${'min'.padStart(10)}${'max'.padStart(10)}${'n'.padStart(6)}`);
   console.log(row('sent → subscriber', sentToEvent));
   console.log(row('answered → subscriber', answeredToEvent));

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_smithy_async::future::pagination_stream::PaginationStream;
-use domain::item::{self, ACTIVITY_FEED};
+use domain::item;
 use domain::{Book, BookName};
+use futures_util::future::try_join_all;
 
 use crate::sdk::error_text;
 use crate::store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
@@ -157,20 +159,105 @@ impl BookStore for DynamoBookStore {
 pub const ACTIVITY_INDEX: &str = "byPosition";
 
 /// The activity table on DynamoDB, read newest first through its `byPosition` index.
+///
+/// The index holds the feed in several partitions (`feed`: the shards of
+/// [`item::activity_feeds`], and the one value of the entries from before the sharding), each
+/// ordered by `position`. A page queries every partition at once for up to a page (and one) of
+/// entries older than the cursor, newest first, and merges them: whichever partitions the
+/// page's entries are in, each partition's share of it is in its reply.
 #[derive(Debug, Clone)]
 pub struct DynamoActivityFeed {
     client: Client,
     table: String,
+    feeds: Vec<String>,
 }
 
 impl DynamoActivityFeed {
-    /// A feed of the table named `table`.
+    /// A feed of the table named `table`, over all of its partitions.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self::of_partitions(client, table, item::activity_feeds().collect())
+    }
+
+    /// A feed of only the partitions named in `feeds` (the bench compares one partition, the
+    /// feed before the sharding, with the shards).
+    pub fn of_partitions(client: Client, table: impl Into<String>, feeds: Vec<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            feeds,
         }
     }
+
+    /// The partitions this feed reads (the `feed` values).
+    pub fn partitions(&self) -> &[String] {
+        &self.feeds
+    }
+
+    /// The query of one partition, `feed`, for its entries older than the position `after`,
+    /// newest first: what a page sends to each partition, with the page size (and one) as its
+    /// limit.
+    ///
+    /// The bound is a key condition on the sort key rather than an exclusive start key, as the
+    /// position is in one partition only; positions are unique, so `<` skips exactly the
+    /// entries up to the cursor. A `String` sort key orders by UTF-8 bytes, which is how Rust
+    /// compares `str`, so the merge agrees with each partition's order.
+    /// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_Query.html#DDB-Query-request-ScanIndexForward>
+    pub fn partition_query(&self, feed: &str, after: Option<&str>) -> QueryFluentBuilder {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(ACTIVITY_INDEX)
+            .expression_attribute_names("#feed", "feed")
+            .expression_attribute_values(":feed", AttributeValue::S(feed.to_owned()))
+            .scan_index_forward(false);
+        match after {
+            Some(position) => query
+                .key_condition_expression("#feed = :feed AND #position < :after")
+                .expression_attribute_names("#position", POSITION)
+                .expression_attribute_values(":after", AttributeValue::S(position.to_owned())),
+            None => query.key_condition_expression("#feed = :feed"),
+        }
+    }
+}
+
+/// The index's sort key attribute: an entry's position.
+const POSITION: &str = "position";
+
+fn position_of(item: &SdkItem) -> &str {
+    match item.get(POSITION) {
+        Some(AttributeValue::S(position)) => position,
+        // Every item of the index has a position (the index's key): never taken.
+        _ => "",
+    }
+}
+
+/// Up to `first` items of several Query streams, each newest first by position, merged newest
+/// first, and whether more follow. Each stream's first page is asked for at once; a stream is
+/// read further only when the merge has taken all it had (at most once it gave the whole page
+/// and one, or where DynamoDB ended its page early, at 1 MB).
+async fn merged_page_of<E: std::error::Error>(
+    first: usize,
+    mut runs: Vec<PaginationStream<Result<SdkItem, E>>>,
+) -> Result<Page<SdkItem>, StoreError> {
+    let mut heads = try_join_all(runs.iter_mut().map(|run| run.try_next()))
+        .await
+        .map_err(unavailable)?;
+    let mut found = Vec::with_capacity(first + 1);
+    while found.len() <= first {
+        let newest = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(run, head)| Some((run, position_of(head.as_ref()?))))
+            .max_by(|a, b| a.1.cmp(b.1))
+            .map(|(run, _)| run);
+        let Some(run) = newest else { break };
+        found.extend(heads[run].take());
+        if found.len() <= first {
+            heads[run] = runs[run].try_next().await.map_err(unavailable)?;
+        }
+    }
+    Ok(Page::of_one_more(found, first))
 }
 
 #[async_trait]
@@ -180,45 +267,22 @@ impl ActivityFeed for DynamoActivityFeed {
         first: usize,
         after: Option<&str>,
     ) -> Result<Page<ActivityItem>, StoreError> {
-        let start = match after {
-            // An index query's start key is the item's index key and its table key
-            // (eventId, consumer), all of which the position holds.
-            // https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_Query.html#DDB-Query-request-ExclusiveStartKey
-            Some(position) => {
-                let (consumer, event_id) =
-                    item::activity_key_of_position(position).ok_or(StoreError::InvalidPosition)?;
-                Some(HashMap::from([
-                    ("eventId".to_owned(), AttributeValue::S(event_id.to_owned())),
-                    (
-                        "consumer".to_owned(),
-                        AttributeValue::S(consumer.to_owned()),
-                    ),
-                    (
-                        "feed".to_owned(),
-                        AttributeValue::S(ACTIVITY_FEED.to_owned()),
-                    ),
-                    (
-                        "position".to_owned(),
-                        AttributeValue::S(position.to_owned()),
-                    ),
-                ]))
-            }
-            None => None,
-        };
-        let items = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(ACTIVITY_INDEX)
-            .key_condition_expression("feed = :feed")
-            .expression_attribute_values(":feed", AttributeValue::S(ACTIVITY_FEED.to_owned()))
-            .scan_index_forward(false)
-            .set_exclusive_start_key(start)
-            .into_paginator()
-            .page_size(limit_for(first))
-            .items()
-            .send();
-        let page = page_of(first, items).await?;
+        // A position this store gave out names its item's table key.
+        if after.is_some_and(|position| item::activity_key_of_position(position).is_none()) {
+            return Err(StoreError::InvalidPosition);
+        }
+        let runs = self
+            .feeds
+            .iter()
+            .map(|feed| {
+                self.partition_query(feed, after)
+                    .into_paginator()
+                    .page_size(limit_for(first))
+                    .items()
+                    .send()
+            })
+            .collect();
+        let page = merged_page_of(first, runs).await?;
         let has_next_page = page.has_next_page;
         let items = page
             .items

@@ -197,6 +197,102 @@ async fn the_activity_feed_on_dynamodb_is_newest_first_and_pages_every_consumers
     assert_eq!(consumers[..3], ["mailer", "book-added", "audit"]);
 }
 
+/// An entry put as its item; `legacy` puts it as before the sharding, under the one `feed`
+/// value every entry had then.
+async fn put_entry(tables: &Tables, entry: &ActivityEntry, legacy: bool) {
+    let mut item = item::activity_to_item(entry).unwrap();
+    if legacy {
+        item.insert(
+            "feed".to_owned(),
+            serde_dynamo::AttributeValue::S(item::ACTIVITY_FEED.to_owned()),
+        );
+    }
+    tables
+        .client
+        .put_item()
+        .table_name(&tables.activity)
+        .set_item(Some(item.into()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The feed over its shards is the one ordered feed: many entries in every shard, several at
+/// each time (two consumers of each event and three events a second), and entries from before
+/// the sharding in the old partition, older than the rest. Paged through at several sizes,
+/// every page continues where the last ended: no gap, no duplicate, newest first.
+#[tokio::test]
+async fn the_sharded_activity_feed_pages_as_one_ordered_feed() {
+    use api::store::ActivityFeed as _;
+
+    let endpoint = testing::emulator!();
+    let tables = tables(&endpoint).await;
+    let start = chrono::Utc::now();
+    let mut expected = Vec::new();
+    for i in 0..120 {
+        let legacy = i < 12;
+        for consumer in ["book-added", "audit"] {
+            let entry = ActivityEntry {
+                // Shaped like a stream record's eventID.
+                event_id: format!("{:032x}", (i as u128 + 1) * 0x9e37_79b9_7f4a),
+                detail_type: DetailType::Added,
+                consumer: consumer.into(),
+                book: BookSnapshot::name_only(BookName::parse(&format!("Book {i}")).unwrap()),
+                processed_at: start + chrono::Duration::seconds(i / 3),
+            };
+            put_entry(&tables, &entry, legacy).await;
+            expected.push(item::activity_position(&entry));
+        }
+    }
+    expected.sort();
+    expected.reverse();
+
+    // Every shard holds entries, and the old partition its dozen events' entries.
+    let scan = tables
+        .client
+        .scan()
+        .table_name(&tables.activity)
+        .send()
+        .await
+        .unwrap();
+    let mut per_feed = std::collections::BTreeMap::<String, usize>::new();
+    for item in scan.items() {
+        let feed = item["feed"].as_s().unwrap().clone();
+        *per_feed.entry(feed).or_default() += 1;
+    }
+    assert_eq!(
+        per_feed.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut feeds: Vec<String> = item::activity_feeds().collect();
+            feeds.sort();
+            feeds
+        },
+        "{per_feed:?}"
+    );
+    assert_eq!(per_feed[item::ACTIVITY_FEED], 24);
+
+    let feed = DynamoActivityFeed::new(tables.client.clone(), &tables.activity);
+    for size in [5, 20, 100, 300] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = feed.list(size, after.as_deref()).await.unwrap();
+            assert!(page.items.len() <= size);
+            seen.extend(page.items.iter().map(|item| item.position.clone()));
+            if !page.has_next_page {
+                break;
+            }
+            assert_eq!(page.items.len(), size, "a page before the last is full");
+            after = page.items.last().map(|item| item.position.clone());
+        }
+        assert_eq!(seen, expected, "pages of {size}");
+    }
+    assert!(matches!(
+        feed.list(5, Some("nonsense")).await,
+        Err(api::store::StoreError::InvalidPosition)
+    ));
+}
+
 /// An HTTP API request as it reaches the api behind the template's authorizer, which granted
 /// writes (the credential was the shared secret).
 fn http_event(method: &str, stage: &str, path: &str, body: Option<Value>) -> Value {

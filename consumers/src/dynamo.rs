@@ -8,7 +8,10 @@ use domain::item;
 use crate::store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
 /// The activity table on DynamoDB, keyed by (eventId, consumer): a put conditional on this
-/// consumer's entry for the event being new.
+/// consumer's entry for the event being new. The item's `feed`, the partition key of the
+/// table's `byPosition` index, is the event's shard of the feed
+/// ([`domain::item::activity_feed`]), so the feed's writes are spread over several index
+/// partitions.
 #[derive(Debug, Clone)]
 pub struct DynamoActivityStore {
     client: Client,

@@ -57,7 +57,10 @@ async fn the_same_event_delivered_twice_records_one_entry() {
     );
     assert_eq!(item["consumer"], json!({"S": "book-added"}));
     assert_eq!(item["detailType"], json!({"S": "outboxdemo.added"}));
-    assert_eq!(item["feed"], json!({"S": "activity"}));
+    assert_eq!(
+        item["feed"],
+        json!({"S": domain::item::activity_feed("c4ca4238a0b923820dcc509a6f75849b")})
+    );
     assert_eq!(
         item["book"],
         json!({"M": {"name": {"S": "Dune"}, "authors": {"L": [{"S": "Frank Herbert"}]}, "publishedYear": {"N": "1965"}}})
@@ -114,6 +117,36 @@ async fn two_consumers_of_one_event_each_record_their_entry_once() {
             (event_id, "book-added".to_owned())
         ]
     );
+}
+
+/// The index's partition key is the entry's shard: events with stream-shaped ids land in every
+/// shard, each event's in one, and none in the single partition the feed had before.
+#[tokio::test]
+async fn recorded_entries_spread_over_the_feed_shards() {
+    let endpoint = testing::emulator!();
+    let (client, table) = activity_table(&endpoint).await;
+    let store = DynamoActivityStore::new(client.clone(), &table);
+    let events: u64 = 96;
+    for i in 0..events {
+        let mut added: EventBridgeEvent<Value> = serde_json::from_str(ADDED).unwrap();
+        added.detail["metadata"]["eventId"] = json!(format!("{:032x}", (i + 1) * 0x9e37_79b9));
+        assert_eq!(
+            book_added::handle(added, &store).await.unwrap(),
+            Recorded::New
+        );
+    }
+
+    let mut per_shard = vec![0; domain::item::ACTIVITY_SHARDS as usize];
+    let items = items(&client, &table).await;
+    assert_eq!(items.len(), events as usize);
+    for item in &items {
+        let event_id = item["eventId"]["S"].as_str().unwrap();
+        let shard = domain::item::activity_shard(event_id);
+        assert_eq!(item["feed"]["S"], format!("activity#{shard}"), "{item}");
+        per_shard[shard as usize] += 1;
+    }
+    // 12 a shard if perfectly even; every shard takes a share.
+    assert!(per_shard.iter().all(|&n| n >= 6), "{per_shard:?}");
 }
 
 #[tokio::test]

@@ -69,9 +69,59 @@ pub fn name_from_key(key: &Item) -> Result<BookName, ItemError> {
     }
 }
 
-/// The activity table's index attribute that every entry shares, so that one query lists the
-/// entries in order (`byPosition`: partition `feed`, sort `position`).
+/// The `feed` value (the `byPosition` index's partition key) every activity entry had before
+/// the feed was sharded. Entries written then keep it, so a reader queries it too, as the
+/// oldest of the feed's partitions (see [`activity_feeds`]).
 pub const ACTIVITY_FEED: &str = "activity";
+
+/// How many `feed` values (shards) new activity entries are spread over.
+///
+/// One `feed` value is one partition key value of the `byPosition` index, and a partition
+/// takes at most 1,000 write units per second
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/warm-throughput-scenarios.html>);
+/// when an index partition cannot keep up, DynamoDB throttles the writes to the table itself
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/gsi-throttling.html>).
+/// With one value the whole feed was held to one partition's rate; with 8 it may take up to
+/// 8,000 entries of up to 1 KB a second, above what the event bus delivers to the consumers in
+/// most regions, while a page read costs one query per shard.
+///
+/// A reader queries every shard below this number, so it may grow (deploy the reader first)
+/// but never shrink: entries in the shards above a smaller number would no longer be listed.
+pub const ACTIVITY_SHARDS: u32 = 8;
+
+/// The shard of an entry: FNV-1a (64 bits) of its event id, xor-folded to 32 bits as FNV's
+/// authors advise for smaller ranges (<http://www.isthe.com/chongo/tech/comp/fnv/>), modulo
+/// [`ACTIVITY_SHARDS`]. A pure function of the event id, fixed here rather than `std`'s
+/// hasher, whose output may change between Rust releases: every consumer of one event (and
+/// every retry) writes to the same shard.
+pub fn activity_shard(event_id: &str) -> u32 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = event_id.bytes().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    // The fold keeps the value below 2^32, so the cast is exact.
+    let folded = ((hash >> 32) ^ (hash & 0xffff_ffff)) as u32;
+    folded % ACTIVITY_SHARDS
+}
+
+/// The `feed` value of the entries in `shard`: `activity#<shard>`.
+fn shard_feed(shard: u32) -> String {
+    format!("{ACTIVITY_FEED}#{shard}")
+}
+
+/// The `feed` value (the `byPosition` partition) of an entry for this event id.
+pub fn activity_feed(event_id: &str) -> String {
+    shard_feed(activity_shard(event_id))
+}
+
+/// Every `feed` value a reader of the whole feed queries: the [`ACTIVITY_SHARDS`] shards, then
+/// [`ACTIVITY_FEED`], where the entries written before the sharding are.
+pub fn activity_feeds() -> impl Iterator<Item = String> {
+    (0..ACTIVITY_SHARDS)
+        .map(shard_feed)
+        .chain(std::iter::once(ACTIVITY_FEED.to_owned()))
+}
 
 /// An activity entry's place in the feed: its processing time (fixed-width RFC 3339, so text
 /// order is time order), then the entry's table key, consumer and event id, which make it
@@ -97,12 +147,13 @@ pub fn activity_key_of_position(position: &str) -> Option<(&str, &str)> {
         .filter(|(consumer, event_id)| !consumer.is_empty() && !event_id.is_empty())
 }
 
-/// Encodes an activity entry as its item: the entry's fields, plus `feed` and `position`.
+/// Encodes an activity entry as its item: the entry's fields, plus `feed` (its shard, see
+/// [`activity_feed`]) and `position`.
 pub fn activity_to_item(entry: &ActivityEntry) -> Result<Item, ItemError> {
     let mut item: Item = serde_dynamo::to_item(entry)?;
     item.insert(
         "feed".to_owned(),
-        AttributeValue::S(ACTIVITY_FEED.to_owned()),
+        AttributeValue::S(activity_feed(&entry.event_id)),
     );
     item.insert(
         "position".to_owned(),
@@ -162,7 +213,10 @@ mod tests {
             item["position"],
             AttributeValue::S("2024-05-01T12:00:00.500Z#book-removed#e1".into())
         );
-        assert_eq!(item["feed"], AttributeValue::S("activity".into()));
+        assert_eq!(
+            item["feed"],
+            AttributeValue::S(format!("activity#{}", activity_shard("e1")))
+        );
         assert_eq!(
             item["detailType"],
             AttributeValue::S("outboxdemo.removed".into())
@@ -178,6 +232,48 @@ mod tests {
             activity_key_of_position("2024-05-01T12:00:00.500Z#e1"),
             None
         );
+    }
+
+    #[test]
+    fn the_shard_hash_is_fnv_1a_xor_folded() {
+        // FNV-1a 64 of "" and of "a", from the FNV reference's test vectors.
+        let fold = |hash: u64| ((hash >> 32) ^ (hash & 0xffff_ffff)) % u64::from(ACTIVITY_SHARDS);
+        assert_eq!(u64::from(activity_shard("")), fold(0xcbf2_9ce4_8422_2325));
+        assert_eq!(u64::from(activity_shard("a")), fold(0xaf63_dc4c_8601_ec8c));
+        assert_eq!(
+            activity_feed("c4ca4238a0b923820dcc509a6f75849b"),
+            activity_feed("c4ca4238a0b923820dcc509a6f75849b")
+        );
+    }
+
+    #[test]
+    fn stream_event_ids_spread_evenly_over_the_shards() {
+        // Ids shaped like DynamoDB Streams' eventID (32 hex digits) and like other writers'.
+        let mut counts = [0u32; ACTIVITY_SHARDS as usize];
+        let ids = 8_000u32;
+        for i in 0..ids {
+            for id in [
+                format!("{:032x}", u128::from(i) * 0x9e37_79b9),
+                format!("event-{i}"),
+            ] {
+                counts[activity_shard(&id) as usize] += 1;
+            }
+        }
+        let fair = 2 * ids / ACTIVITY_SHARDS;
+        for count in counts {
+            assert!(count.abs_diff(fair) < fair / 10, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn a_reader_queries_every_shard_and_the_feed_before_sharding() {
+        let feeds: Vec<String> = activity_feeds().collect();
+        assert_eq!(feeds.len(), ACTIVITY_SHARDS as usize + 1);
+        assert_eq!(feeds[0], "activity#0");
+        assert_eq!(feeds.last().map(String::as_str), Some(ACTIVITY_FEED));
+        for id in ["", "e1", "c4ca4238a0b923820dcc509a6f75849b"] {
+            assert!(feeds.contains(&activity_feed(id)));
+        }
     }
 
     #[test]

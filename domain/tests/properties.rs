@@ -410,7 +410,8 @@ proptest! {
     ) {
         let item = item::activity_to_item(&entry).unwrap();
         prop_assert_eq!(&item["eventId"], &AttributeValue::S(entry.event_id.clone()));
-        prop_assert_eq!(&item["feed"], &AttributeValue::S(item::ACTIVITY_FEED.to_owned()));
+        prop_assert_eq!(&item["feed"], &AttributeValue::S(item::activity_feed(&entry.event_id)));
+        prop_assert!(item::activity_feeds().any(|feed| item["feed"] == AttributeValue::S(feed)));
         prop_assert_eq!(&item["position"], &AttributeValue::S(item::activity_position(&entry)));
         prop_assert_eq!(item::activity_from_item(item.clone()).unwrap(), entry.clone());
         let through_json = json_round_trip(&item);

@@ -7,10 +7,15 @@
 use std::sync::Arc;
 
 use api::dynamo::{DynamoActivityFeed, DynamoBookStore};
-use api::gateway::{self, ConnectionStore as _, DynamoConnectionStore, ManagementApi, Notified};
+use api::gateway::{
+    self, ConnectionStore as _, DynamoConnectionStore, FanoutOptions, ManagementApi, Notified,
+    Notifier, SqsDeliveryQueue,
+};
 use api::limits::connection::{ConnectionLimits, MessageRate};
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use domain::DetailType;
+use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 use testing::management::RecordingManagementApi;
 use testing::moto;
@@ -25,19 +30,33 @@ struct Fixture {
     api: ManagementApi,
     schema: api::ApiSchema,
     limits: ConnectionLimits,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    queue: SqsDeliveryQueue,
 }
 
 impl Fixture {
     async fn new(endpoint: &str) -> Self {
+        Self::with_recorder(endpoint, RecordingManagementApi::start().await.unwrap()).await
+    }
+
+    /// A fixture whose Management API is `recorder`.
+    async fn with_recorder(endpoint: &str, recorder: RecordingManagementApi) -> Self {
         let config = moto::sdk_config(endpoint).await;
         let dynamodb = aws_sdk_dynamodb::Client::new(&config);
         let table = moto::unique("connections");
         testing::tables::create_connections_table(&dynamodb, &table)
             .await
             .unwrap();
-        let recorder = RecordingManagementApi::start().await.unwrap();
         let api = ManagementApi::new(&config, &recorder.endpoint);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let (queue_url, _) = testing::bus::create_queue(&sqs, &moto::unique("fanout"))
+            .await
+            .unwrap();
         Self {
+            queue: SqsDeliveryQueue::from_sdk_config(&config, &queue_url),
+            sqs,
+            queue_url,
             connections: DynamoConnectionStore::new(dynamodb.clone(), &table),
             config,
             dynamodb,
@@ -47,6 +66,87 @@ impl Fixture {
             schema: api::schema::subscription_schema(),
             limits: ConnectionLimits::default(),
         }
+    }
+
+    /// The notifier on this fixture's table, Management API and queue.
+    fn notifier(&self) -> Notifier<'_> {
+        self.notifier_with(&self.connections, FanoutOptions::default())
+    }
+
+    fn notifier_with<'a>(
+        &'a self,
+        connections: &'a DynamoConnectionStore,
+        options: FanoutOptions,
+    ) -> Notifier<'a> {
+        Notifier {
+            schema: &self.schema,
+            connections,
+            api: &self.api,
+            queue: &self.queue,
+            options,
+        }
+    }
+
+    /// Up to 10 messages from the fan-out queue, as its event source mapping hands them to
+    /// the notifier (an SQS event); `None` when the queue is empty.
+    async fn queued(&self) -> Option<aws_lambda_events::sqs::SqsEvent> {
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        let records: Vec<Value> = output
+            .messages()
+            .iter()
+            .map(|m| {
+                json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(),
+                    "body": m.body(), "eventSource": "aws:sqs", "awsRegion": "us-east-1"})
+            })
+            .collect();
+        if records.is_empty() {
+            return None;
+        }
+        Some(serde_json::from_value(json!({ "Records": records })).unwrap())
+    }
+
+    /// Runs the fan-out queue as its event source mapping does until it is empty: each
+    /// invocation's messages are deleted but for its batch item failures. Returns how many
+    /// invocations it took.
+    async fn drain(&self, notifier: &Notifier<'_>) -> usize {
+        let mut invocations = 0;
+        while let Some(event) = self.queued().await {
+            invocations += 1;
+            let receipts: Vec<(String, String)> = event
+                .records
+                .iter()
+                .map(|r| {
+                    (
+                        r.message_id.clone().unwrap(),
+                        r.receipt_handle.clone().unwrap(),
+                    )
+                })
+                .collect();
+            let response = notifier.deliver(event).await;
+            for (id, receipt) in receipts {
+                if response
+                    .batch_item_failures
+                    .iter()
+                    .all(|f| f.item_identifier != id)
+                {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(&self.queue_url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        invocations
     }
 
     async fn send(&self, event: Value) -> Value {
@@ -93,12 +193,24 @@ impl Fixture {
             json!({"type": "subscribe", "id": id, "payload": {"query": query}}),
         ))
         .await;
-        assert_eq!(
-            self.rows(connection).await.len(),
-            2,
-            "connection and subscription rows"
+        assert!(
+            self.rows(connection).await.len() >= 3,
+            "connection, subscription and index rows"
         );
     }
+}
+
+/// Every subscription the store reads for `detail_type`, over all pages.
+async fn subscribed_to(
+    connections: &DynamoConnectionStore,
+    detail_type: DetailType,
+) -> Vec<gateway::StoredSubscription> {
+    let pages: Vec<_> = connections
+        .subscribed_to(detail_type)
+        .try_collect()
+        .await
+        .unwrap();
+    pages.concat()
 }
 
 fn route(connection: &str, route_key: &str, body: Option<Value>) -> Value {
@@ -182,8 +294,12 @@ async fn the_graphql_transport_ws_exchange_over_api_gateway() {
 
     let subscribe = json!({"type": "subscribe", "id": "s1", "payload": {"query": "subscription($t: [BookEventType!]) { bookEvents(types: $t) { type } }", "variables": {"t": ["ADDED"]}}});
     f.send(message("c1", subscribe.clone())).await;
-    assert_eq!(f.rows("c1").await, ["connection", "sub#s1"]);
-    let stored = f.connections.subscriptions(10).await.unwrap();
+    // Stored once, and under the one detail type its variables name.
+    assert_eq!(
+        f.rows("c1").await,
+        ["connection", "on#outboxdemo.added#s1", "sub#s1"]
+    );
+    let stored = subscribed_to(&f.connections, DetailType::Added).await;
     let mine = stored.iter().find(|s| s.connection_id == "c1").unwrap();
     assert_eq!(mine.variables, json!({"t": ["ADDED"]}));
 
@@ -235,20 +351,19 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
     f.recorder.make_gone("gone");
 
     let dune = json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965});
-    let notified = gateway::notify(
-        bus_event("outboxdemo.added", "e1", dune.clone()),
-        &f.schema,
-        &f.connections,
-        &f.api,
-    )
-    .await
-    .unwrap();
+    let notified = f
+        .notifier()
+        .notify(bus_event("outboxdemo.added", "e1", dune.clone()))
+        .await
+        .unwrap();
     assert_eq!(
         notified,
         Notified {
             sent: 1,
             gone: 1,
-            failed: 0
+            failed: 0,
+            executed: 2,
+            queued: 0,
         }
     );
     assert_eq!(
@@ -260,20 +375,19 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
         "a gone connection is removed"
     );
 
-    let notified = gateway::notify(
-        bus_event("outboxdemo.removed", "e2", dune),
-        &f.schema,
-        &f.connections,
-        &f.api,
-    )
-    .await
-    .unwrap();
+    let notified = f
+        .notifier()
+        .notify(bus_event("outboxdemo.removed", "e2", dune))
+        .await
+        .unwrap();
     assert_eq!(
         notified,
         Notified {
             sent: 1,
             gone: 0,
-            failed: 0
+            failed: 0,
+            executed: 1,
+            queued: 0,
         }
     );
     assert_eq!(
@@ -287,11 +401,7 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
     );
 
     let malformed = bus_event("outboxdemo.added", "e3", json!({"name": ""}));
-    assert!(
-        gateway::notify(malformed, &f.schema, &f.connections, &f.api)
-            .await
-            .is_err()
-    );
+    assert!(f.notifier().notify(malformed).await.is_err());
 }
 
 #[tokio::test]
@@ -301,6 +411,8 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
     let env = [
         ("CONNECTIONS_TABLE_NAME", f.table.as_str()),
         ("WEBSOCKET_ENDPOINT", f.recorder.endpoint.as_str()),
+        ("FANOUT_QUEUE_URL", f.queue_url.as_str()),
+        ("FANOUT_BATCH_SIZE", "1"),
     ];
     let mut subscriptions =
         LambdaHarness::start(env!("CARGO_BIN_EXE_subscriptions"), "subscriptions", &env)
@@ -335,8 +447,8 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
     ))
     .unwrap();
     assert_eq!(
-        notifier.invoke(event).await.unwrap(),
-        Outcome::Response(json!({"sent": 1, "gone": 0, "failed": 0}))
+        notifier.invoke(event.clone()).await.unwrap(),
+        Outcome::Response(json!({"sent": 1, "gone": 0, "failed": 0, "executed": 1, "queued": 0}))
     );
     assert_eq!(
         f.recorder.messages("l1"),
@@ -345,6 +457,38 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
             json!({"type": "next", "id": "1", "payload": {"data": {"bookAdded": {"name": "Emma"}}}})
         ]
     );
+
+    // Two subscribers are more than a batch of one (FANOUT_BATCH_SIZE): the rule's
+    // invocation queues them, and the same function, given the queue's SQS event, posts them.
+    let subscribe = json!({"type": "subscribe", "id": "2", "payload": {"query": "subscription { bookAdded { name } }"}});
+    subscriptions
+        .invoke(message("l1", subscribe))
+        .await
+        .unwrap();
+    assert_eq!(
+        notifier.invoke(event).await.unwrap(),
+        Outcome::Response(json!({"sent": 0, "gone": 0, "failed": 0, "executed": 1, "queued": 2}))
+    );
+    let mut delivered = 0;
+    while let Some(batch) = f.queued().await {
+        delivered += batch.records.len();
+        assert_eq!(
+            notifier
+                .invoke(serde_json::to_value(batch).unwrap())
+                .await
+                .unwrap(),
+            Outcome::Response(json!({"batchItemFailures": []}))
+        );
+        if delivered >= 2 {
+            break;
+        }
+    }
+    let mut ids: Vec<String> = f.recorder.messages("l1")[2..]
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2"]);
 }
 
 #[tokio::test]
@@ -395,14 +539,11 @@ async fn a_mutation_reaches_a_websocket_subscriber_through_stream_processor_bus_
 
     let mut bus_event = delivered[0].clone();
     bus_event["time"] = json!("2024-05-01T12:00:01Z"); // moto writes epoch seconds here
-    let notified = gateway::notify(
-        serde_json::from_value(bus_event).unwrap(),
-        &f.schema,
-        &f.connections,
-        &f.api,
-    )
-    .await
-    .unwrap();
+    let notified = f
+        .notifier()
+        .notify(serde_json::from_value(bus_event).unwrap())
+        .await
+        .unwrap();
     assert_eq!(notified.sent, 1);
     assert_eq!(
         f.recorder.messages("w1").last().unwrap(),
@@ -490,14 +631,11 @@ async fn a_thousand_subscribes_on_one_connection_store_at_most_the_cap() {
 
     // The 20 still work.
     let dune = json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965});
-    let notified = gateway::notify(
-        bus_event("outboxdemo.added", "e1", dune),
-        &f.schema,
-        &f.connections,
-        &f.api,
-    )
-    .await
-    .unwrap();
+    let notified = f
+        .notifier()
+        .notify(bus_event("outboxdemo.added", "e1", dune))
+        .await
+        .unwrap();
     assert_eq!(notified.sent, 20);
 
     // complete frees a place (the counter goes down with the row), and only one.
@@ -627,4 +765,271 @@ async fn deep_complex_and_huge_subscriptions_are_refused_on_aws_with_the_local_c
         assert!(message.contains(words), "{message}");
     }
     assert!(f.stored("c1").await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The notifier at scale: the index, paging, one execution per request, bounded posting, the
+// fan-out queue
+// ---------------------------------------------------------------------------------------------
+
+fn dune() -> Value {
+    json!({"name": "Dune", "authors": ["Frank Herbert"], "publishedYear": 1965})
+}
+
+/// The ids (`connection/subscription`) of the subscriptions read for `detail_type`, sorted.
+async fn ids_for(f: &Fixture, detail_type: DetailType) -> Vec<String> {
+    let mut ids: Vec<String> = subscribed_to(&f.connections, detail_type)
+        .await
+        .into_iter()
+        .map(|s| format!("{}/{}", s.connection_id, s.id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn each_kind_of_subscription_is_found_for_the_events_it_can_match_and_no_other() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    f.initialized("c").await;
+    let kinds = [
+        ("added", "subscription { bookAdded { name } }", Value::Null),
+        (
+            "removed",
+            "subscription { bookRemoved { name } }",
+            Value::Null,
+        ),
+        ("every", "subscription { bookEvents { type } }", Value::Null),
+        (
+            "updated",
+            "subscription { bookEvents(types: [UPDATED]) { type } }",
+            Value::Null,
+        ),
+        (
+            "variable",
+            "subscription($t: [BookEventType!]) { bookEvents(types: $t) { type } }",
+            json!({"t": ["REMOVED", "ADDED"]}),
+        ),
+    ];
+    for (id, query, variables) in kinds {
+        f.send(message(
+            "c",
+            json!({"type": "subscribe", "id": id, "payload": {"query": query, "variables": variables}}),
+        ))
+        .await;
+    }
+    assert_eq!(
+        ids_for(&f, DetailType::Added).await,
+        ["c/added", "c/every", "c/variable"]
+    );
+    assert_eq!(
+        ids_for(&f, DetailType::Removed).await,
+        ["c/every", "c/removed", "c/variable"]
+    );
+    assert_eq!(
+        ids_for(&f, DetailType::Updated).await,
+        ["c/every", "c/updated"]
+    );
+
+    // complete removes a subscription from every type it was stored under.
+    f.send(message("c", json!({"type": "complete", "id": "every"})))
+        .await;
+    assert_eq!(ids_for(&f, DetailType::Updated).await, ["c/updated"]);
+    assert!(
+        !ids_for(&f, DetailType::Added)
+            .await
+            .contains(&"c/every".to_owned())
+    );
+    assert!(!f.rows("c").await.iter().any(|sk| sk.ends_with("#every")));
+}
+
+#[tokio::test]
+async fn subscribers_over_many_pages_are_all_notified_and_each_request_runs_once() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    // 24 subscribers of 3 distinct requests (one document with two sets of variables).
+    let events = "subscription($t: [BookEventType!]) { bookEvents(types: $t) { type bookName } }";
+    let requests = [
+        json!({"query": "subscription { bookAdded { name } }"}),
+        json!({"query": events, "variables": {"t": ["ADDED"]}}),
+        json!({"query": events, "variables": {"t": ["ADDED", "UPDATED"]}}),
+    ];
+    for i in 0..24 {
+        let connection = format!("p{i:02}");
+        f.initialized(&connection).await;
+        f.send(message(
+            &connection,
+            json!({"type": "subscribe", "id": "s", "payload": requests[i % 3]}),
+        ))
+        .await;
+    }
+    // Two rows a page: several pages on every shard.
+    let paged = f.connections.clone().with_page_size(2);
+    let pages: Vec<_> = paged
+        .subscribed_to(DetailType::Added)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(pages.len() > 4, "{} pages", pages.len());
+    let notified = f
+        .notifier_with(&paged, FanoutOptions::default())
+        .notify(bus_event("outboxdemo.added", "e1", dune()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (notified.sent, notified.executed, notified.queued),
+        (24, 3, 0)
+    );
+    for i in 0..24 {
+        let messages = f.recorder.messages(&format!("p{i:02}"));
+        assert_eq!(messages.len(), 2, "ack and one next: {messages:?}");
+        assert_eq!(messages[1]["id"], "s");
+    }
+}
+
+#[tokio::test]
+async fn posts_go_out_concurrently_but_never_more_than_the_bound() {
+    let endpoint = testing::emulator!();
+    let recorder = RecordingManagementApi::start_with_delay(std::time::Duration::from_millis(50))
+        .await
+        .unwrap();
+    let f = Fixture::with_recorder(&endpoint, recorder).await;
+    for i in 0..16 {
+        f.subscriber(&format!("b{i}"), "s", EVENTS).await;
+    }
+    let options = FanoutOptions {
+        concurrency: 4,
+        ..FanoutOptions::default()
+    };
+    let notified = f
+        .notifier_with(&f.connections, options)
+        .notify(bus_event("outboxdemo.added", "e1", dune()))
+        .await
+        .unwrap();
+    assert_eq!(notified.sent, 16);
+    // The connection_acks went one at a time; the event's posts 4 at a time at most.
+    let peak = f.recorder.peak_in_flight();
+    assert!((2..=4).contains(&peak), "peak {peak} in flight");
+}
+
+#[tokio::test]
+async fn a_fan_out_over_many_batches_reaches_every_subscriber_exactly_once() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    for i in 0..23 {
+        f.subscriber(&format!("q{i:02}"), "s", EVENTS).await;
+    }
+    // One removed subscriber of another type, which must not be read for this event.
+    f.subscriber("other", "r", "subscription { bookRemoved { name } }")
+        .await;
+    f.recorder.make_gone("q07");
+    let options = FanoutOptions {
+        batch_size: 5,
+        ..FanoutOptions::default()
+    };
+    let notifier = f.notifier_with(&f.connections, options);
+    let notified = notifier
+        .notify(bus_event("outboxdemo.added", "e1", dune()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (notified.sent, notified.queued),
+        (0, 5),
+        "23 in batches of 5"
+    );
+    let invocations = f.drain(&notifier).await;
+    assert!(invocations >= 1);
+    for i in 0..23 {
+        let connection = format!("q{i:02}");
+        let nexts: Vec<Value> = f
+            .recorder
+            .messages(&connection)
+            .into_iter()
+            .filter(|m| m["type"] == "next")
+            .collect();
+        let expected = usize::from(i != 7);
+        assert_eq!(nexts.len(), expected, "{connection}: {nexts:?}");
+    }
+    assert!(
+        f.recorder
+            .messages("other")
+            .iter()
+            .all(|m| m["type"] != "next")
+    );
+    assert!(
+        f.rows("q07").await.is_empty(),
+        "the gone connection is removed"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_post_is_queued_again_alone_and_delivered_once_it_succeeds() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    for connection in ["ok", "flaky"] {
+        f.subscriber(connection, "s", EVENTS).await;
+    }
+    f.recorder.make_failing("flaky");
+    let notifier = f.notifier();
+    let notified = notifier
+        .notify(bus_event("outboxdemo.added", "e1", dune()))
+        .await
+        .unwrap();
+    assert_eq!((notified.sent, notified.failed, notified.queued), (1, 1, 1));
+
+    // The retry holds the failed delivery only, delayed by its backoff.
+    f.recorder.heal("flaky");
+    let retry = loop {
+        if let Some(event) = f.queued().await {
+            break event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let batch: gateway::DeliveryBatch =
+        serde_json::from_str(retry.records[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(batch.attempt, 1);
+    assert_eq!(batch.deliveries.len(), 1);
+    assert_eq!(batch.deliveries[0].connection_id, "flaky");
+    let response = notifier.deliver(retry).await;
+    assert!(response.batch_item_failures.is_empty());
+    let nexts = |c: &str| {
+        f.recorder
+            .messages(c)
+            .into_iter()
+            .filter(|m| m["type"] == "next")
+            .count()
+    };
+    assert_eq!((nexts("ok"), nexts("flaky")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_a_batch_is_a_batch_item_failure_and_nothing_else_fails() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    f.subscriber("ok", "s", EVENTS).await;
+    let batch = gateway::DeliveryBatch {
+        event_id: "e1".into(),
+        attempt: 0,
+        results: vec![vec![
+            json!({"data": {"bookEvents": {"eventId": "e1", "type": "ADDED"}}}),
+        ]],
+        deliveries: vec![gateway::Delivery {
+            connection_id: "ok".into(),
+            id: "s".into(),
+            results: 0,
+        }],
+    };
+    let event: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(json!({"Records": [
+        {"messageId": "good", "body": serde_json::to_string(&batch).unwrap(), "eventSource": "aws:sqs"},
+        {"messageId": "bad", "body": "{not json", "eventSource": "aws:sqs"},
+    ]}))
+    .unwrap();
+    let response = f.notifier().deliver(event).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["bad"]);
+    assert_eq!(f.recorder.messages("ok").last().unwrap()["type"], "next");
 }

@@ -9,6 +9,7 @@
 //! - [`resources`]: what the template declares, created on moto, and the names intrinsics
 //!   resolve to.
 //! - [`stream_mapping`]: Lambda's event source mapping for DynamoDB Streams.
+//! - [`sqs_mapping`]: Lambda's event source mapping for SQS queues (the notifier's fan-out).
 //! - [`async_invoke`]: EventBridge rule targets invoking Lambda asynchronously: both retry
 //!   layers and their dead letters.
 //! - [`http_api`], [`websocket_api`]: API Gateway's HTTP API (payload format 2.0) and
@@ -29,6 +30,7 @@ pub mod http_api;
 pub mod invoke_api;
 pub mod lambda;
 pub mod resources;
+pub mod sqs_mapping;
 pub mod stack;
 pub mod status;
 pub mod stream_mapping;

@@ -20,6 +20,7 @@ use crate::faults::{self, Faults, Injected};
 use crate::http_api::{self, HttpApiSettings};
 use crate::lambda::{Function, FunctionSpec, Invoke};
 use crate::resources::{self, Created};
+use crate::sqs_mapping::{self, SqsMapping, SqsMappingSettings};
 use crate::stream_mapping::{self, StreamMapping, StreamMappingSettings};
 use crate::template::{self, Template};
 use crate::websocket_api::{self, WebSocketApi, WebSocketSettings};
@@ -106,6 +107,8 @@ pub struct Rehearsal {
     pub stream_mapping: StreamMapping,
     /// One asynchronous invoker per rule target, with the rule's logical id.
     pub invokers: Vec<(String, AsyncInvoker)>,
+    /// One mapping per `Type: SQS` event of a function (the notifier's fan-out queue).
+    pub sqs_mappings: Vec<SqsMapping>,
     /// The WebSocket API.
     pub websocket: WebSocketApi,
     /// What the fault proxy injected, when faults are on.
@@ -272,6 +275,17 @@ impl Rehearsal {
             invokers.push((target.rule_logical_id.clone(), invoker));
         }
 
+        let mut sqs_mappings = Vec::new();
+        for settings in SqsMappingSettings::all_from_template(&template, &created)? {
+            let target = Arc::new(function(&settings.function)?);
+            sqs_mappings.push(sqs_mapping::start(
+                settings,
+                sqs.clone(),
+                target,
+                shutdown.clone(),
+            ));
+        }
+
         let lambda_endpoint = format!("http://{}", lambda_listener.local_addr()?);
         let by_name: HashMap<String, Function> = functions
             .values()
@@ -303,6 +317,7 @@ impl Rehearsal {
             functions,
             stream_mapping,
             invokers,
+            sqs_mappings,
             websocket,
             injected,
             moto,
@@ -346,6 +361,9 @@ impl Rehearsal {
         }
         for (_, invoker) in self.invokers.drain(..) {
             invoker.join().await;
+        }
+        for mapping in self.sqs_mappings.drain(..) {
+            mapping.join().await;
         }
         if let Some(mut moto) = self.moto.take() {
             let _ = moto.kill().await;

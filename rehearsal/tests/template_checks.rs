@@ -351,14 +351,18 @@ fn expected_actions() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         (
             "NotifierRole",
-            // subscriptions (Scan), close of a gone connection (Query + BatchWriteItem), POST
-            // @connections, the on-failure destination. No DeleteItem, no DELETE @connections.
+            // subscribed_to (Query on the index), close of a gone connection (Query +
+            // BatchWriteItem), POST @connections, the on-failure destination and the fan-out
+            // queue (SendMessage; its event source mapping's polling). No Scan, no DeleteItem,
+            // no DELETE @connections.
             with_logs(&[
-                "dynamodb:Scan",
                 "dynamodb:Query",
                 "dynamodb:BatchWriteItem",
                 "execute-api:ManageConnections",
                 "sqs:SendMessage",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
             ]),
         ),
         (

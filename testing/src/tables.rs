@@ -73,15 +73,33 @@ pub async fn create_activity_table(client: &Client, table: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Creates a connections table (key `connectionId` + `sk`, rows expiring on `expiresAt`).
+/// Creates a connections table (key `connectionId` + `sk`, index `bySubscribedTo` on
+/// `subscribedTo` with the requests, rows expiring on `expiresAt`).
 pub async fn create_connections_table(client: &Client, table: &str) -> anyhow::Result<()> {
     client
         .create_table()
         .table_name(table)
         .attribute_definitions(attribute("connectionId")?)
         .attribute_definitions(attribute("sk")?)
+        .attribute_definitions(attribute("subscribedTo")?)
         .key_schema(key("connectionId", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("bySubscribedTo")
+                .key_schema(key("subscribedTo", KeyType::Hash)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::Include)
+                        .set_non_key_attributes(Some(
+                            ["subscriptionId", "query", "variables", "operationName"]
+                                .map(str::to_owned)
+                                .to_vec(),
+                        ))
+                        .build(),
+                )
+                .build()?,
+        )
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await?;

@@ -1,7 +1,14 @@
-//! The `notifier` Lambda: runs the stored subscriptions against each bus event.
+//! The `notifier` Lambda: runs the stored subscriptions against each bus event. Invoked by the
+//! bus rule with the event, and by the fan-out queue's event source mapping with batches of
+//! deliveries the first invocation left to others: one function, told apart by the event.
 
-use api::gateway::{DynamoConnectionStore, ManagementApi};
+use std::num::NonZeroUsize;
+
+use api::gateway::{
+    DynamoConnectionStore, FanoutOptions, ManagementApi, Notifier, SqsDeliveryQueue,
+};
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::SqsEvent;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
@@ -15,6 +22,15 @@ struct Config {
     /// The WebSocket API stage's Management API endpoint.
     #[arg(long, env = "WEBSOCKET_ENDPOINT")]
     websocket_endpoint: String,
+    /// The fan-out queue's URL.
+    #[arg(long, env = "FANOUT_QUEUE_URL")]
+    fanout_queue_url: String,
+    /// Posts in flight at once, per invocation.
+    #[arg(long, env = "NOTIFIER_CONCURRENCY", default_value = "64")]
+    concurrency: NonZeroUsize,
+    /// Deliveries per queued batch.
+    #[arg(long, env = "FANOUT_BATCH_SIZE", default_value = "250")]
+    batch_size: NonZeroUsize,
 }
 
 #[tokio::main]
@@ -24,14 +40,27 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let aws = aws_config::load_from_env().await;
     let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
     let api = ManagementApi::new(&aws, &config.websocket_endpoint);
+    let queue = SqsDeliveryQueue::from_sdk_config(&aws, config.fanout_queue_url);
     let schema = api::schema::subscription_schema();
-    let (schema, connections, api) = (&schema, &connections, &api);
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<EventBridgeEvent<Value>>| async move {
-            Ok::<_, lambda_runtime::Error>(
-                api::gateway::notify(event.payload, schema, connections, api).await?,
-            )
+    let notifier = Notifier {
+        schema: &schema,
+        connections: &connections,
+        api: &api,
+        queue: &queue,
+        options: FanoutOptions {
+            concurrency: config.concurrency.get(),
+            batch_size: config.batch_size.get(),
         },
-    ))
+    };
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // An SQS event is `{"Records": [...]}`; an EventBridge event has none.
+        if event.payload.get("Records").is_some() {
+            let batch: SqsEvent = serde_json::from_value(event.payload)?;
+            Ok::<_, lambda_runtime::Error>(serde_json::to_value(notifier.deliver(batch).await)?)
+        } else {
+            let event: EventBridgeEvent<Value> = serde_json::from_value(event.payload)?;
+            Ok(serde_json::to_value(notifier.notify(event).await?)?)
+        }
+    }))
     .await
 }

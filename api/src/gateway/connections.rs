@@ -8,6 +8,9 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, DeleteRequest, Put, TransactWriteItem, Update, WriteRequest,
 };
+use domain::DetailType;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 use super::{
@@ -20,6 +23,18 @@ use crate::sdk::error_text;
 /// subscriptions does it hold, its message bucket) and one `sub#<id>` row per subscription,
 /// all expiring by TTL.
 ///
+/// The notifier reads subscriptions by what they subscribed to: each subscription also has
+/// one `on#<detail type>#<id>` row per detail type it can match, a copy of its request whose
+/// `subscribedTo` (`<detail type>#<shard>`) is the key of the table's global secondary index
+/// [`SUBSCRIBED_TO_INDEX`]. The shard (a hash of the connection id, one of [`SHARDS`]) spreads a
+/// popular type over several index partitions, which are read at once: a partition key takes
+/// at most 1,000 writes a second
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html>),
+/// and a GSI that cannot keep up throttles the table's writes
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/GSI.ThroughputConsiderations.html>).
+/// These rows share the connection's partition, so `$disconnect` (and a 410) removes them with
+/// the rest.
+///
 /// The subscription count and the `sub#` rows change together in one transaction whose
 /// conditions hold the count to its limit, so concurrent subscribes of one connection (API
 /// Gateway invokes the Lambda once per message, concurrently) cannot pass it
@@ -30,12 +45,24 @@ use crate::sdk::error_text;
 pub struct DynamoConnectionStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    page_size: Option<i32>,
 }
 
+/// The global secondary index on `subscribedTo` (`template.yaml`, ConnectionsTable).
+pub const SUBSCRIBED_TO_INDEX: &str = "bySubscribedTo";
+/// How many index partitions one detail type is spread over. Only ever raise it: rows are
+/// found under `hash % SHARDS` of the count they were written with, and a reader with a larger
+/// count still reads every smaller shard.
+pub const SHARDS: u32 = 4;
 const CONNECTION_ROW: &str = "connection";
 const SUBSCRIPTION_PREFIX: &str = "sub#";
+const INDEX_ROW_PREFIX: &str = "on#";
 /// The most items one BatchWriteItem call takes.
 const BATCH_WRITE_MAX: usize = 25;
+/// How often unprocessed deletes are sent again before the close fails: BatchWriteItem hands
+/// back what it could not write (throttling) for the caller to retry, with backoff
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchWriteItem.html>).
+const BATCH_WRITE_TRIES: u32 = 5;
 /// How often a token is tried when other messages of the connection keep changing the bucket
 /// first; a connection that busy is over its rate.
 const TOKEN_TRIES: usize = 3;
@@ -116,6 +143,23 @@ fn stored(row: &HashMap<String, AttributeValue>) -> Option<StoredSubscription> {
     })
 }
 
+/// The index key a subscription of `connection_id` is stored under for `detail_type`.
+fn subscribed_to_key(detail_type: DetailType, connection_id: &str) -> String {
+    format!("{detail_type}#{}", fnv1a(connection_id) % SHARDS)
+}
+
+/// 32-bit FNV-1a: a hash that stays the same across builds and Rust versions, as a stored
+/// key must (std's `DefaultHasher` promises neither).
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn index_row_sk(detail_type: DetailType, id: &str) -> String {
+    format!("{INDEX_ROW_PREFIX}{detail_type}#{id}")
+}
+
 impl DynamoConnectionStore {
     /// The table named `table`, through the DynamoDB client of this SDK configuration.
     pub fn from_sdk_config(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
@@ -127,7 +171,112 @@ impl DynamoConnectionStore {
         Self {
             client,
             table: table.into(),
+            page_size: None,
         }
+    }
+
+    /// Reads the index `limit` rows a page instead of DynamoDB's 1 MB pages (tests of paging).
+    pub fn with_page_size(mut self, limit: i32) -> Self {
+        self.page_size = Some(limit);
+        self
+    }
+
+    /// The rows that store `subscription` under each of `detail_types`: its `sub#` row first,
+    /// then one index row per type. What [`ConnectionStore::add`] writes (with the count), and
+    /// what a bulk loader (the notifier's benchmark) writes to fill a table the same way.
+    pub fn subscription_rows(
+        subscription: &StoredSubscription,
+        detail_types: &[DetailType],
+    ) -> Vec<HashMap<String, AttributeValue>> {
+        let mut request = HashMap::from([
+            ("connectionId".to_owned(), s(&subscription.connection_id)),
+            ("subscriptionId".to_owned(), s(&subscription.id)),
+            ("query".to_owned(), s(&subscription.query)),
+            (
+                "variables".to_owned(),
+                s(subscription.variables.to_string()),
+            ),
+            ("expiresAt".to_owned(), Self::expires_at()),
+        ]);
+        if let Some(name) = &subscription.operation_name {
+            request.insert("operationName".to_owned(), s(name));
+        }
+        let mut main = request.clone();
+        main.insert(
+            "sk".to_owned(),
+            s(format!("{SUBSCRIPTION_PREFIX}{}", subscription.id)),
+        );
+        let mut rows = vec![main];
+        for &detail_type in detail_types {
+            let mut row = request.clone();
+            row.insert(
+                "sk".to_owned(),
+                s(index_row_sk(detail_type, &subscription.id)),
+            );
+            row.insert(
+                "subscribedTo".to_owned(),
+                s(subscribed_to_key(detail_type, &subscription.connection_id)),
+            );
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// One shard's index rows, page by page.
+    fn shard_pages(
+        &self,
+        key: String,
+    ) -> impl futures_util::Stream<Item = Result<Vec<StoredSubscription>, GatewayError>> + Send + use<>
+    {
+        let pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(SUBSCRIBED_TO_INDEX)
+            .key_condition_expression("subscribedTo = :key")
+            .expression_attribute_values(":key", s(key))
+            .set_limit(self.page_size)
+            .into_paginator()
+            .send();
+        futures_util::stream::unfold(Some(pages), |pages| async move {
+            let mut pages = pages?;
+            match pages.try_next().await {
+                Ok(Some(page)) => {
+                    let found = page.items().iter().filter_map(stored).collect();
+                    Some((Ok(found), Some(pages)))
+                }
+                Ok(None) => None,
+                // Nothing after an error: the caller stops at the first.
+                Err(error) => Some((Err(table_error(error)), None)),
+            }
+        })
+    }
+
+    /// Deletes these rows, sending again what DynamoDB hands back unprocessed.
+    async fn delete_all(&self, mut deletes: Vec<WriteRequest>) -> Result<(), GatewayError> {
+        for attempt in 0..BATCH_WRITE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, deletes)
+                .send()
+                .await
+                .map_err(table_error)?;
+            deletes = output
+                .unprocessed_items
+                .and_then(|mut unprocessed| unprocessed.remove(&self.table))
+                .unwrap_or_default();
+            if deletes.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(GatewayError::Table(format!(
+            "{} rows still unprocessed after {BATCH_WRITE_TRIES} tries",
+            deletes.len()
+        )))
     }
 
     fn expires_at() -> AttributeValue {
@@ -258,6 +407,7 @@ impl ConnectionStore for DynamoConnectionStore {
     async fn add(
         &self,
         subscription: &StoredSubscription,
+        detail_types: &[DetailType],
         max: usize,
     ) -> Result<Added, GatewayError> {
         let count = Update::builder()
@@ -273,34 +423,30 @@ impl ConnectionStore for DynamoConnectionStore {
             .expression_attribute_values(":max", n(max))
             .build()
             .map_err(|e| GatewayError::Table(e.to_string()))?;
-        let mut put = Put::builder()
-            .table_name(&self.table)
-            .item("connectionId", s(&subscription.connection_id))
-            .item("sk", s(format!("{SUBSCRIPTION_PREFIX}{}", subscription.id)))
-            .item("subscriptionId", s(&subscription.id))
-            .item("query", s(&subscription.query))
-            .item("variables", s(subscription.variables.to_string()))
-            .item("expiresAt", Self::expires_at())
-            .condition_expression("attribute_not_exists(sk)");
-        if let Some(name) = &subscription.operation_name {
-            put = put.item("operationName", s(name));
-        }
-        let put = put
-            .build()
-            .map_err(|e| GatewayError::Table(e.to_string()))?;
-        let result = self
+        let mut transaction = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
+            .transact_items(TransactWriteItem::builder().update(count).build());
+        for (i, row) in Self::subscription_rows(subscription, detail_types)
+            .into_iter()
+            .enumerate()
+        {
+            let mut put = Put::builder().table_name(&self.table).set_item(Some(row));
+            if i == 0 {
+                put = put.condition_expression("attribute_not_exists(sk)");
+            }
+            let put = put
+                .build()
+                .map_err(|e| GatewayError::Table(e.to_string()))?;
+            transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        let result = transaction.send().await;
         match result {
             Ok(_) => Ok(Added::Stored),
             Err(error) => match failed_conditions(&error).as_deref() {
                 // A duplicate first, as the local socket (async-graphql) answers it.
-                Some([_, true]) => Ok(Added::Duplicate),
-                Some([true, _]) => Ok(Added::TooMany),
+                Some([_, true, ..]) => Ok(Added::Duplicate),
+                Some([true, ..]) => Ok(Added::TooMany),
                 _ => Err(table_error(error)),
             },
         }
@@ -323,13 +469,24 @@ impl ConnectionStore for DynamoConnectionStore {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| GatewayError::Table(e.to_string()))?;
-        let result = self
+        let mut transaction = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send()
-            .await;
+            .transact_items(TransactWriteItem::builder().update(count).build());
+        // Its index rows, under whichever types it was stored (deleting a row that is not
+        // there is no error).
+        for detail_type in DetailType::ALL {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .key("connectionId", s(connection_id))
+                .key("sk", s(index_row_sk(detail_type, id)))
+                .build()
+                .map_err(|e| GatewayError::Table(e.to_string()))?;
+            transaction =
+                transaction.transact_items(TransactWriteItem::builder().delete(delete).build());
+        }
+        let result = transaction.send().await;
         match result {
             Ok(_) => Ok(()),
             // No such subscription (or its connection row is gone): nothing to free.
@@ -360,38 +517,20 @@ impl ConnectionStore for DynamoConnectionStore {
                         Ok(WriteRequest::builder().delete_request(delete).build())
                     })
                     .collect::<Result<Vec<_>, GatewayError>>()?;
-                self.client
-                    .batch_write_item()
-                    .request_items(&self.table, deletes)
-                    .send()
-                    .await
-                    .map_err(table_error)?;
+                self.delete_all(deletes).await?;
             }
         }
         Ok(())
     }
 
-    async fn subscriptions(&self, limit: usize) -> Result<Vec<StoredSubscription>, GatewayError> {
-        let mut rows = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .filter_expression("begins_with(sk, :prefix)")
-            .expression_attribute_values(":prefix", s(SUBSCRIPTION_PREFIX))
-            .into_paginator()
-            .items()
-            .send();
-        let mut found = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(table_error)? {
-            let Some(subscription) = stored(&row) else {
-                continue;
-            };
-            found.push(subscription);
-            if found.len() >= limit {
-                tracing::warn!(limit, "more subscriptions than one invocation serves");
-                break;
-            }
-        }
-        Ok(found)
+    fn subscribed_to(
+        &self,
+        detail_type: DetailType,
+    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>> {
+        // Every shard at once, each page as it comes.
+        let shards = (0..SHARDS)
+            .map(|shard| self.shard_pages(format!("{detail_type}#{shard}")).boxed())
+            .collect::<Vec<_>>();
+        futures_util::stream::select_all(shards).boxed()
     }
 }

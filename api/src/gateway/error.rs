@@ -12,6 +12,9 @@ pub enum GatewayError {
     /// The Management API failed otherwise.
     #[error("management API: {0}")]
     Management(String),
+    /// The fan-out queue failed.
+    #[error("fan-out queue: {0}")]
+    Queue(String),
     /// The event is not one the notifier understands.
     #[error("malformed event: {0}")]
     MalformedEvent(String),

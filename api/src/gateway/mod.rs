@@ -3,11 +3,13 @@
 //! A Lambda cannot hold a WebSocket, so API Gateway holds it and calls the `subscriptions`
 //! Lambda with each connect, message and disconnect ([`handle_message`]). A `subscribe` is
 //! validated against the same schema the local server uses and stored, with its variables, in
-//! the connections table ([`ConnectionStore`]). The `notifier` Lambda, a bus target like the
-//! consumers, runs each stored subscription against each event with that schema
-//! ([`notify`]) and posts the results through the API Gateway Management API
-//! ([`ConnectionSender`]). One subscription schema, two transports: the execution is
-//! [`run_against`] here, the live stream locally.
+//! the connections table ([`ConnectionStore`]), under each detail type it can match
+//! ([`detail_types`]). The `notifier` Lambda, a bus target like the consumers, runs the
+//! subscriptions stored under an event's type against it with that schema, each distinct
+//! request once ([`Notifier::notify`]), and posts the results through the API Gateway
+//! Management API ([`ConnectionSender`]), itself or, for a large fan-out, through batches on a
+//! queue ([`DeliveryQueue`]) that invoke it again ([`Notifier::deliver`]). One subscription
+//! schema, two transports: the execution is [`run_against`] here, the live stream locally.
 //!
 //! Each connection is held to the local socket's limits
 //! ([`ConnectionLimits`](crate::limits::connection::ConnectionLimits)), kept in its row of the
@@ -15,10 +17,11 @@
 //! transaction holds to the cap; a subscription id is 1 to 128 characters. Where the local socket
 //! and this path could answer differently, they answer the same.
 //!
-//! The protocol (`protocol`) and the fan-out (`notify`) reach AWS only through two ports,
-//! [`ConnectionStore`] and [`ConnectionSender`] ([`ports`]); their adapters, the DynamoDB
-//! connections table (`DynamoConnectionStore`) and the Management API client
-//! (`ManagementApi`), are compiled with the `aws` feature.
+//! The protocol (`protocol`) and the fan-out (`notify`) reach AWS only through three ports,
+//! [`ConnectionStore`], [`ConnectionSender`] and [`DeliveryQueue`] ([`ports`]); their
+//! adapters, the DynamoDB connections table (`DynamoConnectionStore`), the Management API
+//! client (`ManagementApi`) and the SQS fan-out queue (`SqsDeliveryQueue`), are compiled with
+//! the `aws` feature.
 
 use futures_util::StreamExt;
 
@@ -32,17 +35,26 @@ mod management;
 mod notify;
 pub mod ports;
 mod protocol;
+#[cfg(feature = "aws")]
+mod queue;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 #[cfg(feature = "aws")]
-pub use connections::DynamoConnectionStore;
+pub use connections::{DynamoConnectionStore, SHARDS, SUBSCRIBED_TO_INDEX};
 pub use error::GatewayError;
 #[cfg(feature = "aws")]
 pub use management::ManagementApi;
-pub use notify::{Notified, notify};
-pub use ports::{Added, ConnectionSender, ConnectionState, ConnectionStore, StoredSubscription};
+pub use notify::{FanoutOptions, Notified, Notifier};
+pub use ports::{
+    Added, ConnectionSender, ConnectionState, ConnectionStore, Delivery, DeliveryBatch,
+    DeliveryQueue, StoredSubscription,
+};
 pub use protocol::handle_message;
+#[cfg(feature = "aws")]
+pub use queue::SqsDeliveryQueue;
+pub use topics::detail_types;
 
 /// The only WebSocket subprotocol spoken on AWS.
 pub const PROTOCOL: &str = "graphql-transport-ws";
@@ -50,8 +62,6 @@ pub const PROTOCOL: &str = "graphql-transport-ws";
 /// rows older than that (plus a margin) belong to connections that were lost without a
 /// `$disconnect`, and DynamoDB's TTL removes them.
 pub const ROW_LIFETIME_SECS: i64 = 2 * 60 * 60 + 10 * 60;
-/// The most subscriptions one notifier invocation serves.
-pub const MAX_SUBSCRIPTIONS_PER_EVENT: usize = 1000;
 
 /// Runs a subscription request against exactly `events`: the GraphQL responses it yields (none
 /// when its filters keep none of them; one with errors when the document is not a valid

@@ -1,69 +1,425 @@
-//! The notifier's fan-out: one bus event to every stored subscription.
+//! The notifier's fan-out: one bus event to every subscription that can match it.
+//!
+//! [`Notifier::notify`] (the bus rule's invocation) reads the subscriptions stored under the
+//! event's detail type, page by page, and runs each distinct request (document, variables,
+//! operation) once. A fan-out that fits one batch it posts itself; a larger one it queues in
+//! batches of deliveries ([`DeliveryQueue`]) whose messages invoke the notifier again
+//! ([`Notifier::deliver`]), so the time and memory of no invocation grow with the number of
+//! subscribers. Every invocation posts at most [`FanoutOptions::concurrency`] at once.
+//!
+//! Nothing is lost on the way: a post that fails (but for a gone connection, which is removed)
+//! is queued again, with backoff; a batch that cannot be queued again, or that keeps failing,
+//! is reported to the queue's event source mapping as a batch item failure, so SQS delivers it
+//! again and, after the queue's `maxReceiveCount`, moves it to the queue's dead-letter queue
+//! (<https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html>). Delivery is
+//! at least once: a retried rule invocation, or a batch delivered again whole, posts some
+//! results twice, which clients drop by the `eventId` they carry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
 use super::{
-    ConnectionSender, ConnectionStore, GatewayError, MAX_SUBSCRIPTIONS_PER_EVENT, run_against,
+    ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue, GatewayError,
+    StoredSubscription, run_against,
 };
 use crate::ApiSchema;
 use crate::events::BookEvent;
 
-/// What one notification did.
+/// The largest batch body queued: SQS takes messages up to 256 KiB
+/// (<https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html>);
+/// the margin covers what the estimate leaves out.
+const MAX_BATCH_BYTES: usize = 192 * 1024;
+/// How often a delivery is tried, by this code, before its batch is left to SQS's redelivery
+/// and dead-letter queue.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// How the fan-out is split and how fast it posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutOptions {
+    /// Posts in flight at once in one invocation (`NOTIFIER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Deliveries per queued batch (`FANOUT_BATCH_SIZE`); a fan-out of at most this many is
+    /// posted by the invocation that reads it.
+    pub batch_size: usize,
+}
+
+impl Default for FanoutOptions {
+    /// 64 posts at once: at a PostToConnection's usual tens of milliseconds, one invocation
+    /// posts a few thousand a second, and the fan-out queue's mapping runs at most a few such
+    /// invocations (template.yaml), below API Gateway's account-wide 10,000 requests a second
+    /// that callback (Management API) calls share with every API of the account
+    /// (<https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html>). 250
+    /// deliveries a batch keep a batch's body far under SQS's 256 KiB.
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            batch_size: 250,
+        }
+    }
+}
+
+/// What one invocation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Notified {
     /// `next` messages posted.
     pub sent: usize,
     /// Connections found gone and removed.
     pub gone: usize,
-    /// Posts that failed otherwise (logged; the other subscribers were still served).
+    /// Deliveries whose post failed otherwise (logged, and queued again or left to SQS).
     pub failed: usize,
+    /// Distinct requests executed.
+    pub executed: usize,
+    /// Batches queued for other invocations.
+    pub queued: usize,
 }
 
-/// Runs every stored subscription against one bus event and posts the results. A gone
-/// connection is removed; any other failure for one connection is logged and the rest are
-/// still served.
-pub async fn notify(
-    event: EventBridgeEvent<Value>,
-    schema: &ApiSchema,
-    connections: &dyn ConnectionStore,
-    api: &dyn ConnectionSender,
-) -> Result<Notified, GatewayError> {
-    let book_event = BookEvent::from_eventbridge(event)
-        .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
-    let event_id = book_event.event_id.clone();
+/// The notifier and what it reaches: the schema that runs subscriptions, the connections
+/// table, the Management API and the fan-out queue.
+#[derive(Clone, Copy)]
+pub struct Notifier<'a> {
+    /// The subscription schema.
+    pub schema: &'a ApiSchema,
+    /// The stored subscriptions.
+    pub connections: &'a dyn ConnectionStore,
+    /// Posts to connections.
+    pub api: &'a dyn ConnectionSender,
+    /// Where batches for other invocations go.
+    pub queue: &'a dyn DeliveryQueue,
+    /// How the fan-out is split.
+    pub options: FanoutOptions,
+}
 
-    let mut notified = Notified::default();
-    let mut gone: Vec<String> = Vec::new();
-    for subscription in connections
-        .subscriptions(MAX_SUBSCRIPTIONS_PER_EVENT)
-        .await?
-    {
-        if gone.contains(&subscription.connection_id) {
-            continue;
+impl std::fmt::Debug for Notifier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The results of each distinct request, each run once against the event.
+#[derive(Default)]
+struct Results {
+    index: HashMap<(String, String, Option<String>), usize>,
+    payloads: Vec<Vec<Value>>,
+}
+
+impl Results {
+    /// The index of `subscription`'s results, running its request the first time it is seen.
+    /// Requests are told apart by their whole text, so no two ever share results by a hash
+    /// collision.
+    async fn of(
+        &mut self,
+        schema: &ApiSchema,
+        subscription: &StoredSubscription,
+        event: &BookEvent,
+    ) -> usize {
+        let key = (
+            subscription.query.clone(),
+            subscription.variables.to_string(),
+            subscription.operation_name.clone(),
+        );
+        if let Some(&index) = self.index.get(&key) {
+            return index;
         }
-        for response in run_against(schema, subscription.request(), vec![book_event.clone()]).await
-        {
-            let message = json!({"type": "next", "id": subscription.id, "payload": response});
-            match api.send(&subscription.connection_id, &message).await {
-                Ok(()) => notified.sent += 1,
-                Err(GatewayError::Gone) => {
-                    gone.push(subscription.connection_id.clone());
-                    break;
+        let payloads = run_against(schema, subscription.request(), vec![event.clone()])
+            .await
+            .into_iter()
+            .map(|response| serde_json::to_value(response).unwrap_or_default())
+            .collect();
+        self.payloads.push(payloads);
+        let index = self.payloads.len() - 1;
+        self.index.insert(key, index);
+        index
+    }
+}
+
+/// Deliveries gathered for the next batch, and about how large its body will be.
+struct Pending {
+    deliveries: Vec<Delivery>,
+    results: HashSet<usize>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            deliveries: Vec::new(),
+            results: HashSet::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, delivery: Delivery, results: &Results) {
+        if self.results.insert(delivery.results) {
+            self.bytes += results.payloads[delivery.results]
+                .iter()
+                .map(|p| p.to_string().len())
+                .sum::<usize>();
+        }
+        self.bytes += delivery.connection_id.len() + delivery.id.len() + 48;
+        self.deliveries.push(delivery);
+    }
+
+    fn full(&self, options: &FanoutOptions) -> bool {
+        self.deliveries.len() >= options.batch_size.max(1) || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// The batch of what is pending, with only the results its deliveries use.
+    fn take(&mut self, event_id: &str, results: &Results) -> DeliveryBatch {
+        let mut batch = DeliveryBatch {
+            event_id: event_id.to_owned(),
+            ..DeliveryBatch::default()
+        };
+        let mut renumbered = HashMap::new();
+        for mut delivery in std::mem::take(&mut self.deliveries) {
+            delivery.results = *renumbered.entry(delivery.results).or_insert_with(|| {
+                batch
+                    .results
+                    .push(results.payloads[delivery.results].clone());
+                batch.results.len() - 1
+            });
+            batch.deliveries.push(delivery);
+        }
+        self.results.clear();
+        self.bytes = 0;
+        batch
+    }
+}
+
+/// What posting did to one delivery.
+enum Posted {
+    Sent(usize),
+    Gone,
+    Failed,
+}
+
+impl Notifier<'_> {
+    /// Runs every subscription that can match one bus event and posts the results, or queues
+    /// them for other invocations when there are more than one batch. Fails (for the rule's
+    /// asynchronous invocation to retry) only when the index cannot be read or a batch cannot
+    /// be queued.
+    pub async fn notify(&self, event: EventBridgeEvent<Value>) -> Result<Notified, GatewayError> {
+        let book_event = BookEvent::from_eventbridge(event)
+            .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
+        let event_id = book_event.event_id.clone();
+        let mut notified = Notified::default();
+        let mut results = Results::default();
+        let mut pending = Pending::new();
+        let mut pages = self.connections.subscribed_to(book_event.detail_type);
+        while let Some(page) = pages.try_next().await? {
+            for subscription in page {
+                let index = results.of(self.schema, &subscription, &book_event).await;
+                if results.payloads[index].is_empty() {
+                    continue; // its filters keep nothing of this event
+                }
+                let delivery = Delivery {
+                    connection_id: subscription.connection_id,
+                    id: subscription.id,
+                    results: index,
+                };
+                // A full batch goes to the queue only once there is more than it.
+                if pending.full(&self.options) {
+                    self.queue
+                        .enqueue(&pending.take(&event_id, &results), 0)
+                        .await?;
+                    notified.queued += 1;
+                }
+                pending.push(delivery, &results);
+            }
+        }
+        drop(pages);
+        notified.executed = results.payloads.len();
+        let batch = pending.take(&event_id, &results);
+        if notified.queued > 0 {
+            if !batch.deliveries.is_empty() {
+                self.queue.enqueue(&batch, 0).await?;
+                notified.queued += 1;
+            }
+        } else if !batch.deliveries.is_empty() {
+            let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
+            notified.sent = posted.sent;
+            notified.gone = posted.gone;
+            notified.failed = posted.failed;
+            if let Some(retry) = failed.into_iter().next().and_then(|f| batch.retry(f)) {
+                self.queue.enqueue(&retry, retry.backoff_secs()).await?;
+                notified.queued += 1;
+            }
+        }
+        tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
+            executed = notified.executed, queued = notified.queued, "subscribers notified");
+        Ok(notified)
+    }
+
+    /// Posts the batches of one invocation by the fan-out queue. A batch whose posts failed is
+    /// queued again with only those, after a backoff; one that cannot be (queueing failed, or
+    /// it was tried four times, or it is not a batch) is a batch item failure, for
+    /// SQS to deliver again and in the end to dead-letter.
+    pub async fn deliver(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut batches = Vec::new();
+        let mut ids = Vec::new();
+        let mut failures = Vec::new();
+        for record in event.records {
+            let Some(message_id) = record.message_id else {
+                tracing::error!("a fan-out message without a message id");
+                continue;
+            };
+            match serde_json::from_str::<DeliveryBatch>(record.body.as_deref().unwrap_or("")) {
+                Ok(batch) => {
+                    batches.push(batch);
+                    ids.push(message_id);
                 }
                 Err(error) => {
-                    tracing::warn!(%event_id, connection_id = %subscription.connection_id, %error, "could not notify a subscriber");
-                    notified.failed += 1;
+                    // Left in the queue: after maxReceiveCount it is in the DLQ, whole.
+                    tracing::error!(code = "MALFORMED_BATCH", %message_id, %error, "not a delivery batch");
+                    failures.push(message_id);
                 }
             }
         }
-    }
-    for connection_id in &gone {
-        if let Err(error) = connections.close(connection_id).await {
-            tracing::warn!(%connection_id, %error, "could not remove a gone connection");
+        let (posted, failed) = self.post(&batches).await;
+        let mut requeued = 0;
+        for ((batch, message_id), failed) in batches.iter().zip(ids).zip(failed) {
+            let Some(retry) = batch.retry(failed) else {
+                continue;
+            };
+            if retry.attempt < MAX_ATTEMPTS
+                && self
+                    .queue
+                    .enqueue(&retry, retry.backoff_secs())
+                    .await
+                    .inspect_err(
+                        |error| tracing::warn!(%message_id, %error, "could not queue a retry"),
+                    )
+                    .is_ok()
+            {
+                requeued += 1;
+                continue;
+            }
+            failures.push(message_id);
         }
+        tracing::info!(
+            sent = posted.sent,
+            gone = posted.gone,
+            failed = posted.failed,
+            requeued,
+            batch_item_failures = failures.len(),
+            "fan-out batches delivered"
+        );
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failures
+            .into_iter()
+            .map(|item_identifier| {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = item_identifier;
+                failure
+            })
+            .collect();
+        response
     }
-    notified.gone = gone.len();
-    tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed, "subscribers notified");
-    Ok(notified)
+
+    /// Posts every delivery of `batches`, [`FanoutOptions::concurrency`] at a time, then
+    /// removes the connections found gone. Returns the counts and, per batch, the deliveries
+    /// that failed otherwise.
+    async fn post(&self, batches: &[DeliveryBatch]) -> (Notified, Vec<Vec<Delivery>>) {
+        let gone = Mutex::new(HashSet::<String>::new());
+        let gone_ref = &gone;
+        let outcomes: Vec<(usize, &Delivery, Posted)> = stream::iter(
+            batches
+                .iter()
+                .enumerate()
+                .flat_map(|(b, batch)| batch.deliveries.iter().map(move |d| (b, batch, d))),
+        )
+        .map(|(b, batch, delivery)| async move {
+            (b, delivery, self.post_one(batch, delivery, gone_ref).await)
+        })
+        .buffer_unordered(self.options.concurrency.max(1))
+        .collect()
+        .await;
+
+        let mut notified = Notified::default();
+        let mut failed = vec![Vec::new(); batches.len()];
+        for (b, delivery, posted) in outcomes {
+            match posted {
+                Posted::Sent(n) => notified.sent += n,
+                Posted::Gone => {}
+                Posted::Failed => {
+                    notified.failed += 1;
+                    failed[b].push(delivery.clone());
+                }
+            }
+        }
+        let gone = gone.into_inner().unwrap_or_else(|e| e.into_inner());
+        for connection_id in &gone {
+            if let Err(error) = self.connections.close(connection_id).await {
+                // Its rows expire by TTL, and the next event finds it gone again.
+                tracing::warn!(%connection_id, %error, "could not remove a gone connection");
+            }
+        }
+        notified.gone = gone.len();
+        (notified, failed)
+    }
+
+    async fn post_one(
+        &self,
+        batch: &DeliveryBatch,
+        delivery: &Delivery,
+        gone: &Mutex<HashSet<String>>,
+    ) -> Posted {
+        let is_gone = |gone: &Mutex<HashSet<String>>| {
+            gone.lock()
+                .map(|g| g.contains(&delivery.connection_id))
+                .unwrap_or(false)
+        };
+        if is_gone(gone) {
+            return Posted::Gone;
+        }
+        let Some(payloads) = batch.results.get(delivery.results) else {
+            tracing::error!(code = "MALFORMED_BATCH", event_id = %batch.event_id, "a delivery names no results");
+            return Posted::Sent(0);
+        };
+        let mut sent = 0;
+        for payload in payloads {
+            let message = json!({"type": "next", "id": delivery.id, "payload": payload});
+            match self.api.send(&delivery.connection_id, &message).await {
+                Ok(()) => sent += 1,
+                Err(GatewayError::Gone) => {
+                    if let Ok(mut gone) = gone.lock() {
+                        gone.insert(delivery.connection_id.clone());
+                    }
+                    return Posted::Gone;
+                }
+                Err(error) => {
+                    tracing::warn!(event_id = %batch.event_id, connection_id = %delivery.connection_id,
+                        %error, "could not notify a subscriber");
+                    return Posted::Failed;
+                }
+            }
+        }
+        Posted::Sent(sent)
+    }
+}
+
+impl DeliveryBatch {
+    /// The batch that tries `failed` again, one attempt later; `None` when nothing failed.
+    fn retry(&self, failed: Vec<Delivery>) -> Option<DeliveryBatch> {
+        if failed.is_empty() {
+            return None;
+        }
+        Some(DeliveryBatch {
+            event_id: self.event_id.clone(),
+            attempt: self.attempt + 1,
+            results: self.results.clone(),
+            deliveries: failed,
+        })
+    }
+
+    /// How long a retry waits: 2, 4, 8 … seconds.
+    fn backoff_secs(&self) -> u32 {
+        1 << self.attempt.min(9)
+    }
 }

@@ -1,7 +1,11 @@
 //! The ports the gateway reaches AWS through: [`ConnectionStore`] (what each connection has
-//! subscribed to) and [`ConnectionSender`] (posting to and closing connections).
+//! subscribed to), [`ConnectionSender`] (posting to and closing connections) and
+//! [`DeliveryQueue`] (the notifier's fan-out, split across invocations).
 
 use async_trait::async_trait;
+use domain::DetailType;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::GatewayError;
@@ -77,19 +81,25 @@ pub trait ConnectionStore: Send + Sync {
         rate: MessageRate,
         now_ms: i64,
     ) -> Result<bool, GatewayError>;
-    /// Stores a subscription, unless the connection has one with its id or holds `max`
-    /// already; the count and the subscription change together.
+    /// Stores a subscription under each of the detail types it can match
+    /// ([`detail_types`](super::detail_types)), unless the connection has one with its id or
+    /// holds `max` already; the count and the subscription change together.
     async fn add(
         &self,
         subscription: &StoredSubscription,
+        detail_types: &[DetailType],
         max: usize,
     ) -> Result<Added, GatewayError>;
     /// Removes one subscription (`complete`), freeing its place.
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError>;
     /// Removes the connection and all its subscriptions.
     async fn close(&self, connection_id: &str) -> Result<(), GatewayError>;
-    /// Up to `limit` stored subscriptions, of every connection.
-    async fn subscriptions(&self, limit: usize) -> Result<Vec<StoredSubscription>, GatewayError>;
+    /// Every subscription stored under `detail_type`, page by page: each once, none under
+    /// another type, however many pages they take.
+    fn subscribed_to(
+        &self,
+        detail_type: DetailType,
+    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>>;
 }
 
 /// Posts protocol messages to connections and closes them.
@@ -101,4 +111,40 @@ pub trait ConnectionSender: Send + Sync {
     /// already gone is closed.
     async fn close(&self, connection_id: &str, code: u16, reason: &str)
     -> Result<(), GatewayError>;
+}
+
+/// Posts for one event that one invocation hands to another through the [`DeliveryQueue`]:
+/// the results of the event's distinct requests, and who gets which.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryBatch {
+    /// The event's `metadata.eventId`, for the logs.
+    pub event_id: String,
+    /// How many times these deliveries were tried already.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Per distinct request, the `payload`s of the `next` messages it yields, in order.
+    pub results: Vec<Vec<Value>>,
+    /// Who gets which results.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One subscription's share of a [`DeliveryBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The API Gateway connection id.
+    pub connection_id: String,
+    /// The subscription's id.
+    pub id: String,
+    /// Its results: an index into [`DeliveryBatch::results`].
+    pub results: usize,
+}
+
+/// Where the notifier puts the part of a fan-out it leaves to other invocations; each batch
+/// invokes the notifier once more.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Queues one batch, to be delivered after `delay_secs`.
+    async fn enqueue(&self, batch: &DeliveryBatch, delay_secs: u32) -> Result<(), GatewayError>;
 }

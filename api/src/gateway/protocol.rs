@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     Added, ConnectionSender, ConnectionStore, GatewayError, PROTOCOL, StoredSubscription,
-    run_against,
+    detail_types, run_against,
 };
 use crate::limits::connection::{self, ConnectionLimits, INVALID_SUBSCRIPTION_ID};
 use crate::operation::operation_type;
@@ -185,7 +185,12 @@ impl Client<'_> {
                 .send(&json!({"type": "error", "id": id, "payload": errors}))
                 .await;
         }
-        match self.connections.add(&subscription, max).await? {
+        let detail_types = detail_types(&subscription);
+        match self
+            .connections
+            .add(&subscription, &detail_types, max)
+            .await?
+        {
             Added::Stored => {
                 tracing::info!(connection_id = self.connection_id, id, "subscribed");
                 Ok(())

@@ -6,6 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use domain::DetailType;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
 
 use super::*;
@@ -15,7 +18,7 @@ use crate::limits::connection::{ConnectionLimits, MessageRate, TokenBucket};
 #[derive(Default)]
 struct Connection {
     initialized: bool,
-    subscriptions: BTreeMap<String, StoredSubscription>,
+    subscriptions: BTreeMap<String, (StoredSubscription, Vec<DetailType>)>,
     bucket: Option<TokenBucket>,
 }
 
@@ -69,6 +72,7 @@ impl ConnectionStore for MemoryConnections {
     async fn add(
         &self,
         subscription: &StoredSubscription,
+        detail_types: &[DetailType],
         max: usize,
     ) -> Result<Added, GatewayError> {
         let mut rows = self.0.lock().unwrap();
@@ -79,8 +83,10 @@ impl ConnectionStore for MemoryConnections {
         if row.subscriptions.len() >= max {
             return Ok(Added::TooMany);
         }
-        row.subscriptions
-            .insert(subscription.id.clone(), subscription.clone());
+        row.subscriptions.insert(
+            subscription.id.clone(),
+            (subscription.clone(), detail_types.to_vec()),
+        );
         Ok(Added::Stored)
     }
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
@@ -93,13 +99,37 @@ impl ConnectionStore for MemoryConnections {
         self.0.lock().unwrap().remove(connection_id);
         Ok(())
     }
-    async fn subscriptions(&self, limit: usize) -> Result<Vec<StoredSubscription>, GatewayError> {
+    fn subscribed_to(
+        &self,
+        detail_type: DetailType,
+    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>> {
         let rows = self.0.lock().unwrap();
-        Ok(rows
+        let page = rows
             .values()
-            .flat_map(|row| row.subscriptions.values().cloned())
-            .take(limit)
-            .collect())
+            .flat_map(|row| row.subscriptions.values())
+            .filter(|(_, types)| types.contains(&detail_type))
+            .map(|(subscription, _)| subscription.clone())
+            .collect();
+        futures_util::stream::iter([Ok(page)]).boxed()
+    }
+}
+
+impl MemoryConnections {
+    fn stored(&self) -> usize {
+        let rows = self.0.lock().unwrap();
+        rows.values().map(|row| row.subscriptions.len()).sum()
+    }
+}
+
+/// Records the batches queued.
+#[derive(Default)]
+struct MemoryQueue(Mutex<Vec<(DeliveryBatch, u32)>>);
+
+#[async_trait]
+impl DeliveryQueue for MemoryQueue {
+    async fn enqueue(&self, batch: &DeliveryBatch, delay_secs: u32) -> Result<(), GatewayError> {
+        self.0.lock().unwrap().push((batch.clone(), delay_secs));
+        Ok(())
     }
 }
 
@@ -227,12 +257,12 @@ async fn the_protocol_holds_a_connection_to_its_rules() {
     );
 
     g.message("c1", subscribe("1", SUBSCRIBE)).await;
-    assert_eq!(g.connections.subscriptions(10).await.unwrap().len(), 1);
+    assert_eq!(g.connections.stored(), 1);
     g.message("c1", subscribe("1", SUBSCRIBE)).await;
     assert_eq!(g.last_close(), 4409, "a second subscriber with the same id");
     g.message("c1", json!({"type": "complete", "id": "1"}))
         .await;
-    assert!(g.connections.subscriptions(10).await.unwrap().is_empty());
+    assert_eq!(g.connections.stored(), 0);
     g.message("c1", json!("not a message")).await;
     assert_eq!(g.last_close(), 4400);
     assert_eq!(g.status("c1", "$disconnect", None).await, 200);
@@ -256,11 +286,24 @@ async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
                    "data": {"name": "Dune"}}
     }))
     .unwrap();
-    let notified = notify(event, &g.schema, &g.connections, &g.sender)
-        .await
-        .unwrap();
-    let Notified { sent, gone, failed } = notified;
-    assert_eq!((sent, gone, failed), (1, 1, 0));
+    let queue = MemoryQueue::default();
+    let notifier = Notifier {
+        schema: &g.schema,
+        connections: &g.connections,
+        api: &g.sender,
+        queue: &queue,
+        options: FanoutOptions::default(),
+    };
+    let notified = notifier.notify(event).await.unwrap();
+    let Notified {
+        sent,
+        gone,
+        failed,
+        executed,
+        queued,
+    } = notified;
+    assert_eq!((sent, gone, failed, executed, queued), (1, 1, 0, 1, 0));
+    assert!(queue.0.lock().unwrap().is_empty(), "one batch: posted here");
     assert_eq!(
         g.last_sent(),
         json!({"type": "next", "id": "s", "payload": {"data": {"bookEvents": {"eventId": "e1", "type": "ADDED"}}}})

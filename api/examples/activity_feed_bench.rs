@@ -12,7 +12,7 @@
 //! *after*, the entries in their shards, read by the feed over all its partitions (the shards
 //! and the old value). For pages of 20 and 100 it pages through the first pages (the second
 //! argument, 10 by default) and reports per page the time of the listing, the queries sent and
-//! the items they read, and the read units: moto answers `ReturnConsumedCapacity` with a fixed
+//! the items they read (replayed: the same queries once more), and the read units: moto answers `ReturnConsumedCapacity` with a fixed
 //! figure whatever was read, so the figure that counts is the estimate from the items' sizes
 //! by DynamoDB's rules (a Query's items summed and rounded up to 4 KB; half a unit per 4 KB,
 //! as reads of a global secondary index are eventually consistent). Times are moto's (a Python
@@ -155,27 +155,42 @@ async fn measure(layout: &str, feed: &DynamoActivityFeed, first: usize, pages: u
         let started = Instant::now();
         let page = feed.list(first, after.as_deref()).await.unwrap();
         times.push(started.elapsed());
-        // The same queries again, one each, asking for the consumed capacity (a page of at
-        // most 101 small items is far below the 1 MB at which DynamoDB ends a page early, so
-        // the reader sent exactly these).
+        // The reader's queries again, asking for the consumed capacity: each partition's
+        // pages of `partition_limit` items, until they hold the page's entries in that
+        // partition and one more (the merge's look at what follows), or the partition ends.
+        let limit = api::dynamo::partition_limit(first, feed.partitions().len());
         for partition in feed.partitions() {
-            let output = feed
-                .partition_query(partition, after.as_deref())
-                .limit(i32::try_from(first + 1).unwrap())
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await
-                .unwrap();
-            queries += 1;
-            items_read += output.items().len();
-            let bytes: usize = output.items().iter().map(item_size).sum();
-            // A query that reads nothing is counted as the least a read costs (AWS's pages
-            // give no figure for it).
-            estimated += bytes.div_ceil(4096).max(1) as f64 * 0.5;
-            reported += output
-                .consumed_capacity()
-                .and_then(|c| c.capacity_units())
-                .unwrap_or_default();
+            let wanted = 1 + page
+                .items
+                .iter()
+                .filter(|item| item_feed(&item.entry, partition))
+                .count();
+            let (mut fetched, mut start) = (0, None);
+            loop {
+                let output = feed
+                    .partition_query(partition, after.as_deref())
+                    .limit(limit)
+                    .set_exclusive_start_key(start)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .unwrap();
+                queries += 1;
+                fetched += output.items().len();
+                let bytes: usize = output.items().iter().map(item_size).sum();
+                // A query that reads nothing is counted as the least a read costs (AWS's
+                // pages give no figure for it).
+                estimated += bytes.div_ceil(4096).max(1) as f64 * 0.5;
+                reported += output
+                    .consumed_capacity()
+                    .and_then(|c| c.capacity_units())
+                    .unwrap_or_default();
+                start = output.last_evaluated_key().cloned();
+                if fetched >= wanted || start.is_none() {
+                    break;
+                }
+            }
+            items_read += fetched;
         }
         assert_eq!(page.items.len(), first);
         after = page.items.last().map(|item| item.position.clone());
@@ -193,6 +208,12 @@ async fn measure(layout: &str, feed: &DynamoActivityFeed, first: usize, pages: u
         ms(times[times.len() * 9 / 10]),
         ms(times[times.len() - 1]),
     );
+}
+
+/// Whether `entry` is in the partition `feed` of this bench's tables (a table holds all its
+/// entries under the old value, or each in its shard).
+fn item_feed(entry: &ActivityEntry, feed: &str) -> bool {
+    feed == item::ACTIVITY_FEED || item::activity_feed(&entry.event_id) == feed
 }
 
 /// An item's size by DynamoDB's rules: attribute names and string values in UTF-8 bytes,

@@ -23,12 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use api::gateway::ConnectionStore as _;
 use api::gateway::{
     DynamoConnectionStore, FanoutOptions, ManagementApi, Notifier, SqsDeliveryQueue,
     StoredSubscription, detail_types,
 };
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-use futures_util::{StreamExt, stream};
+use domain::DetailType;
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 use testing::management::RecordingManagementApi;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -121,6 +123,16 @@ async fn run(endpoint: &str, size: usize) {
     let started = Instant::now();
     load(&dynamodb, &table, size).await;
     let load = started.elapsed();
+    // What moto alone costs to read the index the rule's invocation reads.
+    let started = Instant::now();
+    let store = DynamoConnectionStore::new(dynamodb.clone(), &table);
+    let pages: Vec<Vec<StoredSubscription>> = store
+        .subscribed_to(DetailType::Added)
+        .try_collect()
+        .await
+        .unwrap();
+    let index_read = started.elapsed();
+    let read: usize = pages.iter().map(Vec::len).sum();
     let recorder = RecordingManagementApi::start_with_delay(POST_DELAY)
         .await
         .unwrap();
@@ -193,8 +205,10 @@ async fn run(endpoint: &str, size: usize) {
     let total = started.elapsed();
     let (worst_ms, worst_hwm) = *worst.lock().await;
     println!(
-        "{size:>6} subscriptions (moto load {:.1} s): event → last post {} ms; {} posts answered (peak {} in flight); rule invocation {} ms, peak RSS {} KiB, {}; {} queue invocations, slowest {} ms, largest peak RSS {} KiB",
+        "{size:>6} subscriptions (moto load {:.1} s; index read alone: {read} rows in {} pages, {} ms): event → last post {} ms; {} posts answered (peak {} in flight); rule invocation {} ms, peak RSS {} KiB, {}; {} queue invocations, slowest {} ms, largest peak RSS {} KiB",
         load.as_secs_f64(),
+        pages.len(),
+        index_read.as_millis(),
         total.as_millis(),
         recorder.post_count(),
         recorder.peak_in_flight(),

@@ -233,7 +233,6 @@ impl Notifier<'_> {
                 pending.push(delivery, &results);
             }
         }
-        drop(pages);
         notified.executed = results.payloads.len();
         let batch = pending.take(&event_id, &results);
         if notified.queued > 0 {

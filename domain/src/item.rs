@@ -82,8 +82,10 @@ pub const ACTIVITY_FEED: &str = "activity";
 /// when an index partition cannot keep up, DynamoDB throttles the writes to the table itself
 /// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/gsi-throttling.html>).
 /// With one value the whole feed was held to one partition's rate; with 8 it may take up to
-/// 8,000 entries of up to 1 KB a second, above what the event bus delivers to the consumers in
-/// most regions, while a page read costs one query per shard.
+/// 8,000 entries of up to 1 KB a second, above the event bus's quota of target invocations in
+/// all but three regions (750 to 4,500 a second;
+/// <https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-quota.html>), while a page
+/// read costs one query per partition.
 ///
 /// A reader queries every shard below this number, so it may grow (deploy the reader first)
 /// but never shrink: entries in the shards above a smaller number would no longer be listed.

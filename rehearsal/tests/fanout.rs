@@ -132,7 +132,14 @@ async fn a_fan_out_through_the_queue_reaches_every_subscriber_once() {
     for socket in &mut sockets {
         assert_eq!(next(socket, Duration::from_secs(3)).await, None);
     }
-    let notifier_queued = rehearsal.sqs_mappings.len();
-    assert_eq!(notifier_queued, 1, "the template's one SQS event");
+    assert_eq!(
+        rehearsal.sqs_mappings.len(),
+        1,
+        "the template's one SQS event"
+    );
     rehearsal.stop().await;
+    // The rule's invocation queued the batches, and invocations by the queue posted them.
+    let log = std::fs::read_to_string(dir.path().join("logs/fanout-notifier.log")).unwrap();
+    assert!(log.contains("subscribers notified"), "{log}");
+    assert!(log.contains("fan-out batches delivered"), "{log}");
 }

@@ -337,3 +337,59 @@ async fn a_subscription_runs_against_a_replayed_event_with_its_filters() {
         "{invalid}"
     );
 }
+
+#[tokio::test]
+async fn a_failing_delivery_is_queued_again_with_backoff_then_left_to_sqs() {
+    /// Fails every post otherwise than 410, as a throttled Management API does.
+    struct Failing;
+    #[async_trait]
+    impl ConnectionSender for Failing {
+        async fn send(&self, _: &str, _: &Value) -> Result<(), GatewayError> {
+            Err(GatewayError::Management("throttled".into()))
+        }
+        async fn close(&self, _: &str, _: u16, _: &str) -> Result<(), GatewayError> {
+            Ok(())
+        }
+    }
+    let g = Gateway::new();
+    let queue = MemoryQueue::default();
+    let notifier = Notifier {
+        schema: &g.schema,
+        connections: &g.connections,
+        api: &Failing,
+        queue: &queue,
+        options: FanoutOptions::default(),
+    };
+    let batch = |attempt: u32| DeliveryBatch {
+        event_id: "e1".into(),
+        attempt,
+        results: vec![vec![json!({"data": null})]],
+        deliveries: vec![Delivery {
+            connection_id: "c1".into(),
+            id: "s".into(),
+            results: 0,
+        }],
+    };
+    let event = |attempt: u32| -> aws_lambda_events::sqs::SqsEvent {
+        serde_json::from_value(json!({"Records": [{"messageId": format!("m{attempt}"),
+            "body": serde_json::to_string(&batch(attempt)).unwrap()}]}))
+        .unwrap()
+    };
+    // Tries 1 to 3 fail and are queued again, 2, 4, 8 s later, each one attempt on.
+    for attempt in 0..3 {
+        let response = notifier.deliver(event(attempt)).await;
+        assert!(response.batch_item_failures.is_empty());
+        let (queued, delay) = queue.0.lock().unwrap().pop().unwrap();
+        assert_eq!((queued.attempt, delay), (attempt + 1, 2 << attempt));
+        assert_eq!(queued.deliveries, batch(attempt).deliveries);
+    }
+    // The fourth is left to SQS: a batch item failure, redelivered and in the end dead-lettered.
+    let response = notifier.deliver(event(3)).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, ["m3"]);
+    assert!(queue.0.lock().unwrap().is_empty());
+}

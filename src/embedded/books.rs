@@ -94,7 +94,7 @@ impl BookStore for EmbeddedBookStore {
         let json = item_json(&book).map_err(StoreError::unavailable)?;
         let outcome = self
             .db
-            .write(move |conn| {
+            .write_appending(move |conn| {
                 let inserted = conn
                     .prepare_cached(
                         "INSERT INTO books (name, item) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
@@ -108,18 +108,14 @@ impl BookStore for EmbeddedBookStore {
             })
             .await;
         self.written();
-        let result = into_result(outcome);
-        if result.is_ok() {
-            self.db.notify_stream_appended();
-        }
-        result
+        into_result(outcome)
     }
 
     async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
         let name = name.clone();
         let outcome = self
             .db
-            .write(move |conn| {
+            .write_appending(move |conn| {
                 let old: Option<String> = conn
                     .prepare_cached("DELETE FROM books WHERE name = ?1 RETURNING item")?
                     .query_row([name.as_str()], |row| row.get(0))
@@ -133,11 +129,7 @@ impl BookStore for EmbeddedBookStore {
             })
             .await;
         self.written();
-        let result = into_result(outcome);
-        if result.is_ok() {
-            self.db.notify_stream_appended();
-        }
-        result
+        into_result(outcome)
     }
 
     async fn get(&self, name: &BookName) -> Result<Option<Book>, StoreError> {

@@ -28,7 +28,7 @@ pub struct Db {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     /// Woken after every commit that appends to the stream.
-    stream_appended: Notify,
+    stream_appended: Arc<Notify>,
 }
 
 impl Db {
@@ -84,7 +84,7 @@ impl Db {
             writer,
             readers,
             next_reader: AtomicUsize::new(0),
-            stream_appended: Notify::new(),
+            stream_appended: Arc::new(Notify::new()),
         }))
     }
 
@@ -99,7 +99,34 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        let (job, answer) = group_commit::job(work);
+        self.write_then(work, || {})
+    }
+
+    /// [`Db::write`] of a `work` that appends to the stream: the stream reader is woken by the
+    /// writer thread as soon as the commit is done, while the caller is still being answered.
+    pub fn write_appending<T, F>(
+        &self,
+        work: F,
+    ) -> impl Future<Output = Result<T, DbError>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let appended = Arc::clone(&self.stream_appended);
+        self.write_then(work, move || appended.notify_one())
+    }
+
+    fn write_then<T, F, C>(
+        &self,
+        work: F,
+        committed: C,
+    ) -> impl Future<Output = Result<T, DbError>> + use<T, F, C>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        C: FnOnce() + Send + 'static,
+    {
+        let (job, answer) = group_commit::job(work, committed);
         let queued = match &self.jobs {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
@@ -129,6 +156,25 @@ impl Db {
         .map_err(|e| DbError::Worker(e.to_string()))?
     }
 
+    /// [`Db::read`] for a short read on the latency path (the stream reader's read of the
+    /// records just committed: an indexed range of a few rows). It runs on this very thread when
+    /// a reader connection is free, without the hop to the blocking pool and back, which costs
+    /// more than such a read; when none is free it takes the hop rather than wait here.
+    pub async fn read_short<T, F>(self: &Arc<Self>, work: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        if let Some(conn) = self
+            .readers
+            .iter()
+            .find_map(|reader| reader.try_lock().ok())
+        {
+            return work(&conn);
+        }
+        self.read(work).await
+    }
+
     /// A free reader connection if there is one, else the next in turn (waiting for it).
     fn reader(&self) -> Result<MutexGuard<'_, Connection>, DbError> {
         if self.readers.is_empty() {
@@ -143,7 +189,8 @@ impl Db {
         lock(&self.readers[turn])
     }
 
-    /// Tells the stream reader that records were committed.
+    /// Tells the stream reader that records were committed (by a write that was not
+    /// [`Db::write_appending`], which tells it itself).
     pub fn notify_stream_appended(&self) {
         self.stream_appended.notify_one();
     }

@@ -31,7 +31,12 @@ pub(super) struct Ran {
 }
 
 /// `work` as a job, and the receiver of its outcome: its own result once the group committed.
-pub(super) fn job<T, F>(work: F) -> (Job, oneshot::Receiver<Result<T, DbError>>)
+/// `committed` runs on the writer thread once `work` succeeded and the group committed, before
+/// the caller is answered.
+pub(super) fn job<T, F>(
+    work: F,
+    committed: impl FnOnce() + Send + 'static,
+) -> (Job, oneshot::Receiver<Result<T, DbError>>)
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
@@ -44,9 +49,12 @@ where
         };
         Ran {
             usable,
-            reply: Box::new(move |committed| {
-                let _ = reply.send(match (result, committed) {
-                    (Ok(value), Ok(())) => Ok(value),
+            reply: Box::new(move |outcome| {
+                let _ = reply.send(match (result, outcome) {
+                    (Ok(value), Ok(())) => {
+                        committed();
+                        Ok(value)
+                    }
                     (Ok(_), Err(reason)) => Err(DbError::Commit(reason.to_owned())),
                     (Err(error), _) => Err(error),
                 });

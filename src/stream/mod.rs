@@ -214,7 +214,7 @@ impl<H: BatchHandler> StreamReader<H> {
         let batch_size = self.options.batch_size;
         let records = self
             .db
-            .read(move |conn| stream::after(conn, checkpoint, batch_size))
+            .read_short(move |conn| stream::after(conn, checkpoint, batch_size))
             .await?;
         let Some(last) = records.last().map(|r| r.seq) else {
             if let Some(save) = saving.take() {

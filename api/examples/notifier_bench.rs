@@ -145,19 +145,23 @@ async fn run(endpoint: &str, size: usize) {
 
     let started = Instant::now();
     let planner_done = Arc::new(AtomicBool::new(false));
+    // Queue invocations under way: a read on queues more messages before it returns.
+    let busy = Arc::new(AtomicUsize::new(0));
     let invocations = Arc::new(AtomicUsize::new(0));
     let worst = Arc::new(Mutex::new((0u64, 0u64))); // (ms, hwm KiB) over queue invocations
     let mut pollers = Vec::new();
     for mut environment in queue_envs {
         let (sqs, queue) = (sqs.clone(), queue.clone());
-        let (planner_done, invocations, worst) = (
+        let (planner_done, busy, invocations, worst) = (
             Arc::clone(&planner_done),
+            Arc::clone(&busy),
             Arc::clone(&invocations),
             Arc::clone(&worst),
         );
         pollers.push(tokio::spawn(async move {
             loop {
-                let done = planner_done.load(Ordering::SeqCst);
+                let done = planner_done.load(Ordering::SeqCst) && busy.load(Ordering::SeqCst) == 0;
+                busy.fetch_add(1, Ordering::SeqCst);
                 let output = sqs
                     .receive_message()
                     .queue_url(&queue)
@@ -166,6 +170,7 @@ async fn run(endpoint: &str, size: usize) {
                     .await
                     .unwrap();
                 if output.messages().is_empty() {
+                    busy.fetch_sub(1, Ordering::SeqCst);
                     if done {
                         return;
                     }
@@ -194,6 +199,7 @@ async fn run(endpoint: &str, size: usize) {
                         .await
                         .unwrap();
                 }
+                busy.fetch_sub(1, Ordering::SeqCst);
             }
         }));
     }

@@ -114,9 +114,10 @@ impl Fixture {
 
     /// Runs the fan-out queue as its event source mapping does until it is empty: each
     /// invocation's messages are deleted but for its batch item failures. Returns how many
-    /// invocations it took.
-    async fn drain(&self, notifier: &Notifier<'_>) -> usize {
+    /// invocations it took, and what they did together.
+    async fn drain(&self, notifier: &Notifier<'_>) -> (usize, Notified) {
         let mut invocations = 0;
+        let mut total = Notified::default();
         while let Some(event) = self.queued().await {
             invocations += 1;
             let receipts: Vec<(String, String)> = event
@@ -129,7 +130,13 @@ impl Fixture {
                     )
                 })
                 .collect();
-            let response = notifier.deliver(event).await;
+            let (response, notified) = notifier.deliver_counted(event).await;
+            total.sent += notified.sent;
+            total.gone += notified.gone;
+            total.failed += notified.failed;
+            total.executed += notified.executed;
+            total.queued += notified.queued;
+            total.read_on += notified.read_on;
             for (id, receipt) in receipts {
                 if response
                     .batch_item_failures
@@ -146,7 +153,7 @@ impl Fixture {
                 }
             }
         }
-        invocations
+        (invocations, total)
     }
 
     async fn send(&self, event: Value) -> Value {
@@ -364,6 +371,7 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
             failed: 0,
             executed: 2,
             queued: 0,
+            read_on: 0,
         }
     );
     assert_eq!(
@@ -388,6 +396,7 @@ async fn the_notifier_sends_the_right_payloads_to_the_right_subscribers_and_drop
             failed: 0,
             executed: 1,
             queued: 0,
+            read_on: 0,
         }
     );
     assert_eq!(
@@ -448,7 +457,9 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
     .unwrap();
     assert_eq!(
         notifier.invoke(event.clone()).await.unwrap(),
-        Outcome::Response(json!({"sent": 1, "gone": 0, "failed": 0, "executed": 1, "queued": 0}))
+        Outcome::Response(
+            json!({"sent": 1, "gone": 0, "failed": 0, "executed": 1, "queued": 0, "read_on": 0})
+        )
     );
     assert_eq!(
         f.recorder.messages("l1"),
@@ -467,7 +478,9 @@ async fn the_subscriptions_and_notifier_lambdas_run_for_real() {
         .unwrap();
     assert_eq!(
         notifier.invoke(event).await.unwrap(),
-        Outcome::Response(json!({"sent": 0, "gone": 0, "failed": 0, "executed": 1, "queued": 2}))
+        Outcome::Response(
+            json!({"sent": 0, "gone": 0, "failed": 0, "executed": 1, "queued": 2, "read_on": 0})
+        )
     );
     let mut delivered = 0;
     while let Some(batch) = f.queued().await {
@@ -870,16 +883,29 @@ async fn subscribers_over_many_pages_are_all_notified_and_each_request_runs_once
         .try_collect()
         .await
         .unwrap();
-    assert!(pages.len() > 4, "{} pages", pages.len());
-    let notified = f
-        .notifier_with(&paged, FanoutOptions::default())
+    assert!(
+        pages.len() > 2 * gateway::SHARDS as usize,
+        "{} pages",
+        pages.len()
+    );
+    let notifier = f.notifier_with(&paged, FanoutOptions::default());
+    let notified = notifier
         .notify(bus_event("outboxdemo.added", "e1", dune()))
         .await
         .unwrap();
+    // The rule's invocation read the first page of each shard, and left the rest to others.
+    assert_eq!(notified.sent, 0, "{notified:?}");
+    assert!(notified.read_on > 0, "{notified:?}");
+    let (invocations, drained) = f.drain(&notifier).await;
+    assert!(invocations > 1);
+    // Each read on read one page: together, every page once.
     assert_eq!(
-        (notified.sent, notified.executed, notified.queued),
-        (24, 3, 0)
+        gateway::SHARDS as usize + notified.read_on + drained.read_on,
+        pages.len()
     );
+    // Each request ran once, its results carried from one invocation to the next.
+    assert_eq!(notified.executed + drained.executed, 3);
+    assert_eq!(drained.sent, 24);
     for i in 0..24 {
         let messages = f.recorder.messages(&format!("p{i:02}"));
         assert_eq!(messages.len(), 2, "ack and one next: {messages:?}");
@@ -937,7 +963,7 @@ async fn a_fan_out_over_many_batches_reaches_every_subscriber_exactly_once() {
         (0, 5),
         "23 in batches of 5"
     );
-    let invocations = f.drain(&notifier).await;
+    let (invocations, _) = f.drain(&notifier).await;
     assert!(invocations >= 1);
     for i in 0..23 {
         let connection = format!("q{i:02}");
@@ -1022,6 +1048,12 @@ async fn a_message_that_is_not_a_batch_is_a_batch_item_failure_and_nothing_else_
     let event: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(json!({"Records": [
         {"messageId": "good", "body": serde_json::to_string(&batch).unwrap(), "eventSource": "aws:sqs"},
         {"messageId": "bad", "body": "{not json", "eventSource": "aws:sqs"},
+        {"messageId": "bad-cursor", "body": serde_json::to_string(&gateway::ReadOn {
+            event: serde_json::to_value(bus_event("outboxdemo.added", "e1", dune())).unwrap(),
+            shard: 1,
+            after: "not a cursor".into(),
+            results: Vec::new(),
+        }).unwrap(), "eventSource": "aws:sqs"},
     ]}))
     .unwrap();
     let response = f.notifier().deliver(event).await;
@@ -1030,6 +1062,6 @@ async fn a_message_that_is_not_a_batch_is_a_batch_item_failure_and_nothing_else_
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    assert_eq!(failed, ["bad"]);
+    assert_eq!(failed, ["bad", "bad-cursor"]);
     assert_eq!(f.recorder.messages("ok").last().unwrap()["type"], "next");
 }

@@ -9,12 +9,11 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, DeleteRequest, Put, TransactWriteItem, Update, WriteRequest,
 };
 use domain::DetailType;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 use super::{
-    Added, ConnectionState, ConnectionStore, GatewayError, ROW_LIFETIME_SECS, StoredSubscription,
+    Added, ConnectionState, ConnectionStore, GatewayError, IndexPage, ROW_LIFETIME_SECS,
+    StoredSubscription,
 };
 use crate::limits::connection::{MessageRate, TokenBucket};
 use crate::sdk::error_text;
@@ -220,36 +219,6 @@ impl DynamoConnectionStore {
             rows.push(row);
         }
         rows
-    }
-
-    /// One shard's index rows, page by page.
-    fn shard_pages(
-        &self,
-        key: String,
-    ) -> impl futures_util::Stream<Item = Result<Vec<StoredSubscription>, GatewayError>> + Send + use<>
-    {
-        let pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(SUBSCRIBED_TO_INDEX)
-            .key_condition_expression("subscribedTo = :key")
-            .expression_attribute_values(":key", s(key))
-            .set_limit(self.page_size)
-            .into_paginator()
-            .send();
-        futures_util::stream::unfold(Some(pages), |pages| async move {
-            let mut pages = pages?;
-            match pages.try_next().await {
-                Ok(Some(page)) => {
-                    let found = page.items().iter().filter_map(stored).collect();
-                    Some((Ok(found), Some(pages)))
-                }
-                Ok(None) => None,
-                // Nothing after an error: the caller stops at the first.
-                Err(error) => Some((Err(table_error(error)), None)),
-            }
-        })
     }
 
     /// Deletes these rows, sending again what DynamoDB hands back unprocessed.
@@ -523,14 +492,60 @@ impl ConnectionStore for DynamoConnectionStore {
         Ok(())
     }
 
-    fn subscribed_to(
+    fn shards(&self) -> u32 {
+        SHARDS
+    }
+
+    async fn subscribed_page(
         &self,
         detail_type: DetailType,
-    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>> {
-        // Every shard at once, each page as it comes.
-        let shards = (0..SHARDS)
-            .map(|shard| self.shard_pages(format!("{detail_type}#{shard}")).boxed())
-            .collect::<Vec<_>>();
-        futures_util::stream::select_all(shards).boxed()
+        shard: u32,
+        after: Option<&str>,
+    ) -> Result<IndexPage, GatewayError> {
+        let key = format!("{detail_type}#{shard}");
+        let start = after.map(|after| start_key(after, &key)).transpose()?;
+        // Up to 1 MB a page (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.Pagination.html).
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(SUBSCRIBED_TO_INDEX)
+            .key_condition_expression("subscribedTo = :key")
+            .expression_attribute_values(":key", s(key))
+            .set_limit(self.page_size)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(table_error)?;
+        Ok(IndexPage {
+            subscriptions: page.items().iter().filter_map(stored).collect(),
+            next: page.last_evaluated_key().map(cursor),
+        })
     }
+}
+
+/// A page's `LastEvaluatedKey` (the index's and the table's keys, all strings) as a cursor.
+fn cursor(key: &HashMap<String, AttributeValue>) -> String {
+    let key: serde_json::Map<String, Value> = key
+        .iter()
+        .filter_map(|(name, value)| Some((name.clone(), Value::from(value.as_s().ok()?.as_str()))))
+        .collect();
+    Value::Object(key).to_string()
+}
+
+/// The `ExclusiveStartKey` a cursor of the index partition `key` stands for; an error for one
+/// that is not such a cursor.
+fn start_key(cursor: &str, key: &str) -> Result<HashMap<String, AttributeValue>, GatewayError> {
+    let malformed = || GatewayError::MalformedEvent(format!("not a cursor of {key}: {cursor}"));
+    let names: HashMap<String, String> = serde_json::from_str(cursor).map_err(|_| malformed())?;
+    if names.get("subscribedTo").map(String::as_str) != Some(key)
+        || !names.contains_key("connectionId")
+        || !names.contains_key("sk")
+    {
+        return Err(malformed());
+    }
+    Ok(names
+        .into_iter()
+        .map(|(name, value)| (name, s(value)))
+        .collect())
 }

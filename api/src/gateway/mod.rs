@@ -48,8 +48,8 @@ pub use error::GatewayError;
 pub use management::ManagementApi;
 pub use notify::{FanoutOptions, Notified, Notifier};
 pub use ports::{
-    Added, ConnectionSender, ConnectionState, ConnectionStore, Delivery, DeliveryBatch,
-    DeliveryQueue, StoredSubscription,
+    Added, CarriedResults, ConnectionSender, ConnectionState, ConnectionStore, Delivery,
+    DeliveryBatch, DeliveryQueue, FanoutMessage, IndexPage, ReadOn, StoredSubscription,
 };
 pub use protocol::handle_message;
 #[cfg(feature = "aws")]

@@ -1,19 +1,24 @@
 //! The notifier's fan-out: one bus event to every subscription that can match it.
 //!
 //! [`Notifier::notify`] (the bus rule's invocation) reads the subscriptions stored under the
-//! event's detail type, page by page, and runs each distinct request (document, variables,
-//! operation) once. A fan-out that fits one batch it posts itself; a larger one it queues in
-//! batches of deliveries ([`DeliveryQueue`]) whose messages invoke the notifier again
-//! ([`Notifier::deliver`]), so the time and memory of no invocation grow with the number of
-//! subscribers. Every invocation posts at most [`FanoutOptions::concurrency`] at once.
+//! event's detail type, one page of each index partition at once, and runs each distinct
+//! request (document, variables, operation) once. A fan-out that fits one batch, on those
+//! pages, it posts itself; anything more it leaves to other invocations through the fan-out
+//! queue ([`DeliveryQueue`]), whose messages invoke the notifier again ([`Notifier::deliver`]):
+//! batches of deliveries to post, and, for a partition with more pages, a [`ReadOn`] that reads
+//! its next page the same way. So no invocation reads more than a page of each partition or
+//! posts more than its batches, and neither the time nor the memory of one grows with the
+//! number of subscribers. Every invocation posts at most [`FanoutOptions::concurrency`] at
+//! once.
 //!
 //! Nothing is lost on the way: a post that fails (but for a gone connection, which is removed)
-//! is queued again, with backoff; a batch that cannot be queued again, or that keeps failing,
-//! is reported to the queue's event source mapping as a batch item failure, so SQS delivers it
-//! again and, after the queue's `maxReceiveCount`, moves it to the queue's dead-letter queue
+//! is queued again, with backoff; a message that cannot be handled (the index cannot be read,
+//! a batch cannot be queued again, or it keeps failing) is reported to the queue's event
+//! source mapping as a batch item failure, so SQS delivers it again and, after the queue's
+//! `maxReceiveCount`, moves it to the queue's dead-letter queue
 //! (<https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-errorhandling.html>). Delivery is
-//! at least once: a retried rule invocation, or a batch delivered again whole, posts some
-//! results twice, which clients drop by the `eventId` they carry.
+//! at least once: a retried invocation or message, delivered again whole, posts some results
+//! twice, which clients drop by the `eventId` they carry.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,8 +29,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
 use super::{
-    ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue, GatewayError,
-    StoredSubscription, run_against,
+    CarriedResults, ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue,
+    FanoutMessage, GatewayError, ReadOn, StoredSubscription, run_against,
 };
 use crate::ApiSchema;
 use crate::events::BookEvent;
@@ -37,6 +42,11 @@ const MAX_BATCH_BYTES: usize = 192 * 1024;
 /// How often a delivery is tried, by this code, before its batch is left to SQS's redelivery
 /// and dead-letter queue.
 const MAX_ATTEMPTS: u32 = 4;
+/// Messages queued at once by one invocation.
+const QUEUEING_CONCURRENCY: usize = 8;
+/// The most result bytes a [`ReadOn`] carries to the next invocation (the rest it runs again):
+/// far under SQS's 256 KiB with the event beside them.
+const MAX_CARRIED_BYTES: usize = 64 * 1024;
 
 /// How the fan-out is split and how fast it posts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +86,8 @@ pub struct Notified {
     pub executed: usize,
     /// Batches queued for other invocations.
     pub queued: usize,
+    /// Reads of the index left to other invocations ([`ReadOn`]s queued).
+    pub read_on: usize,
 }
 
 /// The notifier and what it reaches: the schema that runs subscriptions, the connections
@@ -107,9 +119,46 @@ impl std::fmt::Debug for Notifier<'_> {
 struct Results {
     index: HashMap<(String, String, Option<String>), usize>,
     payloads: Vec<Vec<Value>>,
+    /// How many of them were run here (the others came with a [`ReadOn`]).
+    executed: usize,
 }
 
 impl Results {
+    /// The results an earlier invocation carried.
+    fn carried(carried: Vec<CarriedResults>) -> Self {
+        let mut results = Self::default();
+        for c in carried {
+            results.payloads.push(c.payloads);
+            let index = results.payloads.len() - 1;
+            results
+                .index
+                .insert((c.query, c.variables, c.operation_name), index);
+        }
+        results
+    }
+
+    /// The results to carry to the next invocation, up to [`MAX_CARRIED_BYTES`].
+    fn to_carry(&self) -> Vec<CarriedResults> {
+        let mut bytes = 0;
+        let mut carried = Vec::new();
+        for ((query, variables, operation_name), &index) in &self.index {
+            let payloads = &self.payloads[index];
+            bytes += query.len()
+                + variables.len()
+                + payloads.iter().map(|p| p.to_string().len()).sum::<usize>();
+            if bytes > MAX_CARRIED_BYTES {
+                break;
+            }
+            carried.push(CarriedResults {
+                query: query.clone(),
+                variables: variables.clone(),
+                operation_name: operation_name.clone(),
+                payloads: payloads.clone(),
+            });
+        }
+        carried
+    }
+
     /// The index of `subscription`'s results, running its request the first time it is seen.
     /// Requests are told apart by their whole text, so no two ever share results by a hash
     /// collision.
@@ -133,10 +182,19 @@ impl Results {
             .map(|response| serde_json::to_value(response).unwrap_or_default())
             .collect();
         self.payloads.push(payloads);
+        self.executed += 1;
         let index = self.payloads.len() - 1;
         self.index.insert(key, index);
         index
     }
+}
+
+/// What one invocation made of its pages of the index: the deliveries, in batches, and the
+/// partitions with more pages, for other invocations.
+struct Read {
+    batches: Vec<DeliveryBatch>,
+    read_on: Vec<ReadOn>,
+    executed: usize,
 }
 
 /// Deliveries gathered for the next batch, and about how large its body will be.
@@ -201,95 +259,220 @@ enum Posted {
 
 impl Notifier<'_> {
     /// Runs every subscription that can match one bus event and posts the results, or queues
-    /// them for other invocations when there are more than one batch. Fails (for the rule's
-    /// asynchronous invocation to retry) only when the index cannot be read or a batch cannot
-    /// be queued.
+    /// them for other invocations when there are more than one batch (and the partitions of
+    /// the index with more pages than one, for other invocations to read on). Fails (for the
+    /// rule's asynchronous invocation to retry) only when the index cannot be read or a message
+    /// cannot be queued.
     pub async fn notify(&self, event: EventBridgeEvent<Value>) -> Result<Notified, GatewayError> {
+        let raw = serde_json::to_value(&event)
+            .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let book_event = BookEvent::from_eventbridge(event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let event_id = book_event.event_id.clone();
-        let mut notified = Notified::default();
-        let mut results = Results::default();
+        let starts = (0..self.connections.shards()).map(|shard| (shard, None));
+        let read = self
+            .read(&raw, &book_event, starts.collect(), Results::default())
+            .await?;
+        let mut notified = Notified {
+            executed: read.executed,
+            ..Notified::default()
+        };
+        if read.read_on.is_empty() && read.batches.len() <= 1 {
+            if let Some(batch) = read.batches.into_iter().next() {
+                let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
+                notified = Notified {
+                    executed: notified.executed,
+                    ..posted
+                };
+                if let Some(retry) = failed.into_iter().next().and_then(|f| batch.retry(f)) {
+                    let delay = retry.backoff_secs();
+                    self.queue
+                        .enqueue(&FanoutMessage::Batch(retry), delay)
+                        .await?;
+                    notified.queued += 1;
+                }
+            }
+        } else {
+            (notified.queued, notified.read_on) = self.queue_all(read).await?;
+        }
+        tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
+            executed = notified.executed, queued = notified.queued, read_on = notified.read_on,
+            "subscribers notified");
+        Ok(notified)
+    }
+
+    /// Reads one page of each partition in `starts` (at once, each handled as it arrives),
+    /// runs what it has not `results` of, and makes the batches of deliveries.
+    async fn read(
+        &self,
+        raw: &Value,
+        event: &BookEvent,
+        starts: Vec<(u32, Option<String>)>,
+        mut results: Results,
+    ) -> Result<Read, GatewayError> {
+        let detail_type = event.detail_type;
+        let reads = starts.len().max(1);
+        let mut pages = stream::iter(starts)
+            .map(|(shard, after)| async move {
+                let page = self
+                    .connections
+                    .subscribed_page(detail_type, shard, after.as_deref())
+                    .await?;
+                Ok::<_, GatewayError>((shard, page))
+            })
+            .buffer_unordered(reads);
+        let mut batches = Vec::new();
+        let mut more = Vec::new();
         let mut pending = Pending::new();
-        let mut pages = self.connections.subscribed_to(book_event.detail_type);
-        while let Some(page) = pages.try_next().await? {
-            for subscription in page {
-                let index = results.of(self.schema, &subscription, &book_event).await;
+        while let Some((shard, page)) = pages.try_next().await? {
+            for subscription in page.subscriptions {
+                let index = results.of(self.schema, &subscription, event).await;
                 if results.payloads[index].is_empty() {
                     continue; // its filters keep nothing of this event
+                }
+                if pending.full(&self.options) {
+                    batches.push(pending.take(&event.event_id, &results));
                 }
                 let delivery = Delivery {
                     connection_id: subscription.connection_id,
                     id: subscription.id,
                     results: index,
                 };
-                // A full batch goes to the queue only once there is more than it.
-                if pending.full(&self.options) {
-                    self.queue
-                        .enqueue(&pending.take(&event_id, &results), 0)
-                        .await?;
-                    notified.queued += 1;
-                }
                 pending.push(delivery, &results);
             }
+            more.extend(page.next.map(|after| (shard, after)));
         }
-        notified.executed = results.payloads.len();
-        let batch = pending.take(&event_id, &results);
-        if notified.queued > 0 {
-            if !batch.deliveries.is_empty() {
-                self.queue.enqueue(&batch, 0).await?;
-                notified.queued += 1;
-            }
-        } else if !batch.deliveries.is_empty() {
-            let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
-            notified.sent = posted.sent;
-            notified.gone = posted.gone;
-            notified.failed = posted.failed;
-            if let Some(retry) = failed.into_iter().next().and_then(|f| batch.retry(f)) {
-                self.queue.enqueue(&retry, retry.backoff_secs()).await?;
-                notified.queued += 1;
-            }
+        let last = pending.take(&event.event_id, &results);
+        if !last.deliveries.is_empty() {
+            batches.push(last);
         }
-        tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
-            executed = notified.executed, queued = notified.queued, "subscribers notified");
-        Ok(notified)
+        let carried = if more.is_empty() {
+            Vec::new()
+        } else {
+            results.to_carry()
+        };
+        let read_on = more
+            .into_iter()
+            .map(|(shard, after)| ReadOn {
+                event: raw.clone(),
+                shard,
+                after,
+                results: carried.clone(),
+            })
+            .collect();
+        Ok(Read {
+            batches,
+            read_on,
+            executed: results.executed,
+        })
     }
 
-    /// Posts the batches of one invocation by the fan-out queue. A batch whose posts failed is
-    /// queued again with only those, after a backoff; one that cannot be (queueing failed, or
-    /// it was tried four times, or it is not a batch) is a batch item failure, for
-    /// SQS to deliver again and in the end to dead-letter.
+    /// Queues what a read made, [`QUEUEING_CONCURRENCY`] at once: its reads on first, so the
+    /// next pages are read while these are posted. Returns how many batches and reads on.
+    async fn queue_all(&self, read: Read) -> Result<(usize, usize), GatewayError> {
+        let counts = (read.batches.len(), read.read_on.len());
+        let messages = read
+            .read_on
+            .into_iter()
+            .map(FanoutMessage::ReadOn)
+            .chain(read.batches.into_iter().map(FanoutMessage::Batch));
+        stream::iter(messages)
+            .map(|message| async move { self.queue.enqueue(&message, 0).await })
+            .buffer_unordered(QUEUEING_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        Ok(counts)
+    }
+
+    /// Goes on with one read of the index an invocation left: its next page, run and queued
+    /// as [`notify`](Self::notify) does with the first pages (but never posted here).
+    async fn read_on(&self, read_on: ReadOn) -> Result<Notified, GatewayError> {
+        let event = serde_json::from_value::<EventBridgeEvent<Value>>(read_on.event.clone())
+            .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
+        let book_event = BookEvent::from_eventbridge(event)
+            .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
+        let starts = vec![(read_on.shard, Some(read_on.after))];
+        let results = Results::carried(read_on.results);
+        let read = self
+            .read(&read_on.event, &book_event, starts, results)
+            .await?;
+        let executed = read.executed;
+        let (queued, read_on) = self.queue_all(read).await?;
+        Ok(Notified {
+            executed,
+            queued,
+            read_on,
+            ..Notified::default()
+        })
+    }
+
+    /// Handles one invocation by the fan-out queue: reads on where its [`ReadOn`]s say, and
+    /// posts its batches. A batch whose posts failed is queued again with only those, after a
+    /// backoff; a message that cannot be handled (the index cannot be read, queueing failed,
+    /// a batch was tried four times, or it is not a fan-out message) is a batch item failure,
+    /// for SQS to deliver again and in the end to dead-letter.
     pub async fn deliver(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.deliver_counted(event).await.0
+    }
+
+    /// [`deliver`](Self::deliver), and what it did.
+    pub async fn deliver_counted(&self, event: SqsEvent) -> (SqsBatchResponse, Notified) {
         let mut batches = Vec::new();
         let mut ids = Vec::new();
+        let mut reads_on = Vec::new();
         let mut failures = Vec::new();
         for record in event.records {
             let Some(message_id) = record.message_id else {
                 tracing::error!("a fan-out message without a message id");
                 continue;
             };
-            match serde_json::from_str::<DeliveryBatch>(record.body.as_deref().unwrap_or("")) {
-                Ok(batch) => {
+            match serde_json::from_str::<FanoutMessage>(record.body.as_deref().unwrap_or("")) {
+                Ok(FanoutMessage::Batch(batch)) => {
                     batches.push(batch);
                     ids.push(message_id);
                 }
+                Ok(FanoutMessage::ReadOn(read_on)) => reads_on.push((read_on, message_id)),
                 Err(error) => {
                     // Left in the queue: after maxReceiveCount it is in the DLQ, whole.
-                    tracing::error!(code = "MALFORMED_BATCH", %message_id, %error, "not a delivery batch");
+                    tracing::error!(code = "MALFORMED_BATCH", %message_id, %error, "not a fan-out message");
                     failures.push(message_id);
                 }
             }
         }
-        let (posted, failed) = self.post(&batches).await;
+        let reads = reads_on.len().max(1);
+        let reading = stream::iter(reads_on)
+            .map(|(read_on, message_id)| async move {
+                let shard = read_on.shard;
+                let read = self.read_on(read_on).await;
+                if let Err(error) = &read {
+                    tracing::warn!(%message_id, shard, %error, "could not read on");
+                }
+                (read, message_id)
+            })
+            .buffer_unordered(reads)
+            .collect::<Vec<_>>();
+        let ((posted, failed), reads) = futures_util::join!(self.post(&batches), reading);
+        let mut notified = posted;
+        for (read, message_id) in reads {
+            match read {
+                Ok(read) => {
+                    notified.executed += read.executed;
+                    notified.queued += read.queued;
+                    notified.read_on += read.read_on;
+                }
+                Err(_) => failures.push(message_id),
+            }
+        }
         let mut requeued = 0;
         for ((batch, message_id), failed) in batches.iter().zip(ids).zip(failed) {
             let Some(retry) = batch.retry(failed) else {
                 continue;
             };
+            let delay = retry.backoff_secs();
             if retry.attempt < MAX_ATTEMPTS
                 && self
                     .queue
-                    .enqueue(&retry, retry.backoff_secs())
+                    .enqueue(&FanoutMessage::Batch(retry), delay)
                     .await
                     .inspect_err(
                         |error| tracing::warn!(%message_id, %error, "could not queue a retry"),
@@ -301,13 +484,16 @@ impl Notifier<'_> {
             }
             failures.push(message_id);
         }
+        notified.queued += requeued;
         tracing::info!(
-            sent = posted.sent,
-            gone = posted.gone,
-            failed = posted.failed,
-            requeued,
+            sent = notified.sent,
+            gone = notified.gone,
+            failed = notified.failed,
+            executed = notified.executed,
+            queued = notified.queued,
+            read_on = notified.read_on,
             batch_item_failures = failures.len(),
-            "fan-out batches delivered"
+            "fan-out messages handled"
         );
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures
@@ -318,7 +504,7 @@ impl Notifier<'_> {
                 failure
             })
             .collect();
-        response
+        (response, notified)
     }
 
     /// Posts every delivery of `batches`, [`FanoutOptions::concurrency`] at a time, then

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use domain::DetailType;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -94,12 +95,51 @@ pub trait ConnectionStore: Send + Sync {
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError>;
     /// Removes the connection and all its subscriptions.
     async fn close(&self, connection_id: &str) -> Result<(), GatewayError>;
-    /// Every subscription stored under `detail_type`, page by page: each once, none under
-    /// another type, however many pages they take.
+    /// How many partitions the index spreads each detail type over; each is read on its own,
+    /// page by page ([`subscribed_page`](Self::subscribed_page)).
+    fn shards(&self) -> u32;
+    /// One page of the subscriptions stored under `detail_type` in the index partition `shard`
+    /// (below [`shards`](Self::shards)): its first page for `after: None`, else the page that
+    /// follows the one whose [`IndexPage::next`] `after` is. Every subscription of the type is
+    /// on exactly one page of one shard.
+    async fn subscribed_page(
+        &self,
+        detail_type: DetailType,
+        shard: u32,
+        after: Option<&str>,
+    ) -> Result<IndexPage, GatewayError>;
+    /// Every subscription stored under `detail_type`, page by page, every shard at once: each
+    /// once, none under another type, however many pages they take.
     fn subscribed_to(
         &self,
         detail_type: DetailType,
-    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>>;
+    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>> {
+        let shards = (0..self.shards()).map(|shard| {
+            // The state: where the shard goes on; `None` once it is read, or failed.
+            futures_util::stream::unfold(Some(None::<String>), move |after| async move {
+                let after = after?;
+                match self
+                    .subscribed_page(detail_type, shard, after.as_deref())
+                    .await
+                {
+                    Ok(page) => Some((Ok(page.subscriptions), page.next.map(Some))),
+                    Err(error) => Some((Err(error), None)),
+                }
+            })
+            .boxed()
+        });
+        futures_util::stream::select_all(shards).boxed()
+    }
+}
+
+/// One page of an index partition: its subscriptions, and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexPage {
+    /// The subscriptions on this page.
+    pub subscriptions: Vec<StoredSubscription>,
+    /// Where the partition goes on (opaque, for [`ConnectionStore::subscribed_page`]); `None`
+    /// after its last page.
+    pub next: Option<String>,
 }
 
 /// Posts protocol messages to connections and closes them.
@@ -141,10 +181,53 @@ pub struct Delivery {
     pub results: usize,
 }
 
-/// Where the notifier puts the part of a fan-out it leaves to other invocations; each batch
+/// The rest of one index partition's read for one event, which an invocation leaves to the
+/// next ([`Notifier::deliver`](super::Notifier::deliver)), so that no invocation reads more
+/// than a page of each partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOn {
+    /// The bus event, as the rule delivered it.
+    pub event: Value,
+    /// The index partition.
+    pub shard: u32,
+    /// Where it goes on: an [`IndexPage::next`].
+    pub after: String,
+    /// The results of requests already run against the event, for the next invocation not to
+    /// run them again.
+    #[serde(default)]
+    pub results: Vec<CarriedResults>,
+}
+
+/// The results of one distinct request (document, variables, operation) against an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CarriedResults {
+    /// The document.
+    pub query: String,
+    /// The variables, as JSON text.
+    pub variables: String,
+    /// The operation, when named.
+    #[serde(default)]
+    pub operation_name: Option<String>,
+    /// The `payload`s of the `next` messages it yields, in order.
+    pub payloads: Vec<Value>,
+}
+
+/// One message of the fan-out queue: posts to make, or a read of the index to go on with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FanoutMessage {
+    /// Go on reading the index.
+    ReadOn(ReadOn),
+    /// Post these deliveries.
+    Batch(DeliveryBatch),
+}
+
+/// Where the notifier puts the part of a fan-out it leaves to other invocations; each message
 /// invokes the notifier once more.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Queues one batch, to be delivered after `delay_secs`.
-    async fn enqueue(&self, batch: &DeliveryBatch, delay_secs: u32) -> Result<(), GatewayError>;
+    /// Queues one message, to be delivered after `delay_secs`.
+    async fn enqueue(&self, message: &FanoutMessage, delay_secs: u32) -> Result<(), GatewayError>;
 }

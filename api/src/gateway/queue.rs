@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use super::{DeliveryBatch, DeliveryQueue, GatewayError};
+use super::{DeliveryQueue, FanoutMessage, GatewayError};
 use crate::sdk::error_text;
 
-/// The fan-out queue (`template.yaml`, FanoutQueue): each message one [`DeliveryBatch`] as
+/// The fan-out queue (`template.yaml`, FanoutQueue): each message one [`FanoutMessage`] as
 /// JSON, and the queue's event source mapping invokes the notifier with them.
 #[derive(Debug, Clone)]
 pub struct SqsDeliveryQueue {
@@ -25,8 +25,9 @@ impl SqsDeliveryQueue {
 
 #[async_trait]
 impl DeliveryQueue for SqsDeliveryQueue {
-    async fn enqueue(&self, batch: &DeliveryBatch, delay_secs: u32) -> Result<(), GatewayError> {
-        let body = serde_json::to_string(batch).map_err(|e| GatewayError::Queue(e.to_string()))?;
+    async fn enqueue(&self, message: &FanoutMessage, delay_secs: u32) -> Result<(), GatewayError> {
+        let body =
+            serde_json::to_string(message).map_err(|e| GatewayError::Queue(e.to_string()))?;
         // SQS delays a message by at most 15 minutes
         // (<https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html>).
         let delay = i32::try_from(delay_secs.min(900)).unwrap_or(900);

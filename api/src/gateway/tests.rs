@@ -7,8 +7,6 @@ use async_trait::async_trait;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use domain::DetailType;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
 
 use super::*;
@@ -99,18 +97,26 @@ impl ConnectionStore for MemoryConnections {
         self.0.lock().unwrap().remove(connection_id);
         Ok(())
     }
-    fn subscribed_to(
+    fn shards(&self) -> u32 {
+        1
+    }
+    async fn subscribed_page(
         &self,
         detail_type: DetailType,
-    ) -> BoxStream<'_, Result<Vec<StoredSubscription>, GatewayError>> {
+        _shard: u32,
+        _after: Option<&str>,
+    ) -> Result<IndexPage, GatewayError> {
         let rows = self.0.lock().unwrap();
-        let page = rows
+        let subscriptions = rows
             .values()
             .flat_map(|row| row.subscriptions.values())
             .filter(|(_, types)| types.contains(&detail_type))
             .map(|(subscription, _)| subscription.clone())
             .collect();
-        futures_util::stream::iter([Ok(page)]).boxed()
+        Ok(IndexPage {
+            subscriptions,
+            next: None,
+        })
     }
 }
 
@@ -123,12 +129,12 @@ impl MemoryConnections {
 
 /// Records the batches queued.
 #[derive(Default)]
-struct MemoryQueue(Mutex<Vec<(DeliveryBatch, u32)>>);
+struct MemoryQueue(Mutex<Vec<(FanoutMessage, u32)>>);
 
 #[async_trait]
 impl DeliveryQueue for MemoryQueue {
-    async fn enqueue(&self, batch: &DeliveryBatch, delay_secs: u32) -> Result<(), GatewayError> {
-        self.0.lock().unwrap().push((batch.clone(), delay_secs));
+    async fn enqueue(&self, message: &FanoutMessage, delay_secs: u32) -> Result<(), GatewayError> {
+        self.0.lock().unwrap().push((message.clone(), delay_secs));
         Ok(())
     }
 }
@@ -301,8 +307,12 @@ async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
         failed,
         executed,
         queued,
+        read_on,
     } = notified;
-    assert_eq!((sent, gone, failed, executed, queued), (1, 1, 0, 1, 0));
+    assert_eq!(
+        (sent, gone, failed, executed, queued, read_on),
+        (1, 1, 0, 1, 0, 0)
+    );
     assert!(queue.0.lock().unwrap().is_empty(), "one batch: posted here");
     assert_eq!(
         g.last_sent(),
@@ -380,6 +390,9 @@ async fn a_failing_delivery_is_queued_again_with_backoff_then_left_to_sqs() {
         let response = notifier.deliver(event(attempt)).await;
         assert!(response.batch_item_failures.is_empty());
         let (queued, delay) = queue.0.lock().unwrap().pop().unwrap();
+        let FanoutMessage::Batch(queued) = queued else {
+            panic!("a batch: {queued:?}")
+        };
         assert_eq!((queued.attempt, delay), (attempt + 1, 2 << attempt));
         assert_eq!(queued.deliveries, batch(attempt).deliveries);
     }

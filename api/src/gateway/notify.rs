@@ -189,12 +189,17 @@ impl Results {
     }
 }
 
-/// What one invocation made of its pages of the index: the deliveries, in batches, and the
-/// partitions with more pages, for other invocations.
+/// What one invocation made of its pages of the index.
+#[derive(Default)]
 struct Read {
-    batches: Vec<DeliveryBatch>,
-    read_on: Vec<ReadOn>,
+    /// The one batch there was, when it may be posted here: nothing was queued.
+    alone: Option<DeliveryBatch>,
+    /// Requests run.
     executed: usize,
+    /// Batches queued.
+    queued: usize,
+    /// Reads on queued.
+    read_on: usize,
 }
 
 /// Deliveries gathered for the next batch, and about how large its body will be.
@@ -271,29 +276,31 @@ impl Notifier<'_> {
         let event_id = book_event.event_id.clone();
         let starts = (0..self.connections.shards()).map(|shard| (shard, None));
         let read = self
-            .read(&raw, &book_event, starts.collect(), Results::default())
+            .read(
+                &raw,
+                &book_event,
+                starts.collect(),
+                Results::default(),
+                true,
+            )
             .await?;
         let mut notified = Notified {
             executed: read.executed,
+            queued: read.queued,
+            read_on: read.read_on,
             ..Notified::default()
         };
-        if read.read_on.is_empty() && read.batches.len() <= 1 {
-            if let Some(batch) = read.batches.into_iter().next() {
-                let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
-                notified = Notified {
-                    executed: notified.executed,
-                    ..posted
-                };
-                if let Some(retry) = failed.into_iter().next().and_then(|f| batch.retry(f)) {
-                    let delay = retry.backoff_secs();
-                    self.queue
-                        .enqueue(&FanoutMessage::Batch(retry), delay)
-                        .await?;
-                    notified.queued += 1;
-                }
+        if let Some(batch) = read.alone {
+            let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
+            (notified.sent, notified.gone, notified.failed) =
+                (posted.sent, posted.gone, posted.failed);
+            if let Some(retry) = failed.into_iter().next().and_then(|f| batch.retry(f)) {
+                let delay = retry.backoff_secs();
+                self.queue
+                    .enqueue(&FanoutMessage::Batch(retry), delay)
+                    .await?;
+                notified.queued += 1;
             }
-        } else {
-            (notified.queued, notified.read_on) = self.queue_all(read).await?;
         }
         tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
             executed = notified.executed, queued = notified.queued, read_on = notified.read_on,
@@ -301,87 +308,105 @@ impl Notifier<'_> {
         Ok(notified)
     }
 
-    /// Reads one page of each partition in `starts` (at once, each handled as it arrives),
-    /// runs what it has not `results` of, and makes the batches of deliveries.
+    /// Reads one page of each partition in `starts` (at once, each handled as it arrives) and
+    /// runs what it has no `results` of. Each batch of deliveries is queued as soon as it is
+    /// full, while the reading goes on, [`QUEUEING_CONCURRENCY`] at once; each partition with
+    /// more pages gets a [`ReadOn`] once all the pages are handled, with the results of them
+    /// all. The last batch, when `may_post` and nothing else was queued, is left for the caller
+    /// to post.
     async fn read(
         &self,
         raw: &Value,
         event: &BookEvent,
         starts: Vec<(u32, Option<String>)>,
         mut results: Results,
+        may_post: bool,
     ) -> Result<Read, GatewayError> {
-        let detail_type = event.detail_type;
-        let reads = starts.len().max(1);
-        let mut pages = stream::iter(starts)
-            .map(|(shard, after)| async move {
-                let page = self
-                    .connections
-                    .subscribed_page(detail_type, shard, after.as_deref())
-                    .await?;
-                Ok::<_, GatewayError>((shard, page))
-            })
-            .buffer_unordered(reads);
-        let mut batches = Vec::new();
-        let mut more = Vec::new();
-        let mut pending = Pending::new();
-        while let Some((shard, page)) = pages.try_next().await? {
-            for subscription in page.subscriptions {
-                let index = results.of(self.schema, &subscription, event).await;
-                if results.payloads[index].is_empty() {
-                    continue; // its filters keep nothing of this event
-                }
-                if pending.full(&self.options) {
-                    batches.push(pending.take(&event.event_id, &results));
-                }
-                let delivery = Delivery {
-                    connection_id: subscription.connection_id,
-                    id: subscription.id,
-                    results: index,
-                };
-                pending.push(delivery, &results);
-            }
-            more.extend(page.next.map(|after| (shard, after)));
-        }
-        let last = pending.take(&event.event_id, &results);
-        if !last.deliveries.is_empty() {
-            batches.push(last);
-        }
-        let carried = if more.is_empty() {
-            Vec::new()
-        } else {
-            results.to_carry()
-        };
-        let read_on = more
-            .into_iter()
-            .map(|(shard, after)| ReadOn {
-                event: raw.clone(),
-                shard,
-                after,
-                results: carried.clone(),
-            })
-            .collect();
-        Ok(Read {
-            batches,
-            read_on,
-            executed: results.executed,
+        let (sender, receiver) = tokio::sync::mpsc::channel::<FanoutMessage>(QUEUEING_CONCURRENCY);
+        let queueing = stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
         })
-    }
-
-    /// Queues what a read made, [`QUEUEING_CONCURRENCY`] at once: its reads on first, so the
-    /// next pages are read while these are posted. Returns how many batches and reads on.
-    async fn queue_all(&self, read: Read) -> Result<(usize, usize), GatewayError> {
-        let counts = (read.batches.len(), read.read_on.len());
-        let messages = read
-            .read_on
-            .into_iter()
-            .map(FanoutMessage::ReadOn)
-            .chain(read.batches.into_iter().map(FanoutMessage::Batch));
-        stream::iter(messages)
-            .map(|message| async move { self.queue.enqueue(&message, 0).await })
-            .buffer_unordered(QUEUEING_CONCURRENCY)
-            .try_collect::<()>()
-            .await?;
-        Ok(counts)
+        .map(|message| async move { self.queue.enqueue(&message, 0).await })
+        .buffer_unordered(QUEUEING_CONCURRENCY)
+        .try_collect::<()>();
+        // Owns the sender: the queueing ends when the reading does.
+        let reading = async move {
+            let queue = |message: FanoutMessage| {
+                let sender = &sender;
+                async move {
+                    sender
+                        .send(message)
+                        .await
+                        .map_err(|_| GatewayError::Queue("the queueing stopped".into()))
+                }
+            };
+            let detail_type = event.detail_type;
+            let reads = starts.len().max(1);
+            let mut pages = stream::iter(starts)
+                .map(|(shard, after)| async move {
+                    let page = self
+                        .connections
+                        .subscribed_page(detail_type, shard, after.as_deref())
+                        .await?;
+                    Ok::<_, GatewayError>((shard, page))
+                })
+                .buffer_unordered(reads);
+            let mut read = Read::default();
+            let mut pending = Pending::new();
+            let mut more = Vec::new();
+            while let Some((shard, page)) = pages.try_next().await? {
+                for subscription in page.subscriptions {
+                    let index = results.of(self.schema, &subscription, event).await;
+                    if results.payloads[index].is_empty() {
+                        continue; // its filters keep nothing of this event
+                    }
+                    // A full batch is queued once there is more than it.
+                    if pending.full(&self.options) {
+                        queue(FanoutMessage::Batch(
+                            pending.take(&event.event_id, &results),
+                        ))
+                        .await?;
+                        read.queued += 1;
+                    }
+                    let delivery = Delivery {
+                        connection_id: subscription.connection_id,
+                        id: subscription.id,
+                        results: index,
+                    };
+                    pending.push(delivery, &results);
+                }
+                more.extend(page.next.map(|after| (shard, after)));
+            }
+            // After every page, so each read on carries the results of all of them.
+            let carried = if more.is_empty() {
+                Vec::new()
+            } else {
+                results.to_carry()
+            };
+            for (shard, after) in more {
+                let read_on = ReadOn {
+                    event: raw.clone(),
+                    shard,
+                    after,
+                    results: carried.clone(),
+                };
+                queue(FanoutMessage::ReadOn(read_on)).await?;
+                read.read_on += 1;
+            }
+            let last = pending.take(&event.event_id, &results);
+            if !last.deliveries.is_empty() {
+                if may_post && read.queued == 0 && read.read_on == 0 {
+                    read.alone = Some(last);
+                } else {
+                    queue(FanoutMessage::Batch(last)).await?;
+                    read.queued += 1;
+                }
+            }
+            read.executed = results.executed;
+            Ok::<_, GatewayError>(read)
+        };
+        let (read, ()) = futures_util::try_join!(reading, queueing)?;
+        Ok(read)
     }
 
     /// Goes on with one read of the index an invocation left: its next page, run and queued
@@ -394,14 +419,12 @@ impl Notifier<'_> {
         let starts = vec![(read_on.shard, Some(read_on.after))];
         let results = Results::carried(read_on.results);
         let read = self
-            .read(&read_on.event, &book_event, starts, results)
+            .read(&read_on.event, &book_event, starts, results, false)
             .await?;
-        let executed = read.executed;
-        let (queued, read_on) = self.queue_all(read).await?;
         Ok(Notified {
-            executed,
-            queued,
-            read_on,
+            executed: read.executed,
+            queued: read.queued,
+            read_on: read.read_on,
             ..Notified::default()
         })
     }

@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! export AWS_ENDPOINT_URL=http://127.0.0.1:5101 …   # moto server, as for the AWS tests
-//! cargo run -p api --example notifier_bench -- 1000 10000 50000
+//! cargo run --release -p api --features aws --example notifier_bench -- 1000 10000 50000
+//! INDEX_PAGE_SIZE=1000 cargo run …   # the notifier's smaller pages, as the Lambda takes them
 //! ```
 //!
 //! For each size it loads that many subscriptions (a quarter each of four documents, one of
@@ -15,7 +16,10 @@
 //! invocation runs in an execution environment of its own kind, a child process that stays up
 //! between invocations as a warm Lambda environment does; its peak RSS (VmHWM) is what
 //! Lambda's "Max Memory Used" reports for that environment. The time is from handing over the
-//! event to the return of the last invocation (whose posts had all been answered).
+//! event to the return of the last invocation (whose posts had all been answered). Each
+//! invocation also reports how long it waited for moto's Query (a page read in flight), which
+//! looks at every item of the table and takes about half a millisecond a row it returns, in
+//! one Python process that serves one request at a time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops on the first surprise
 
@@ -64,9 +68,10 @@ async fn main() {
         args.iter().map(|a| a.parse().expect("a size")).collect()
     };
     println!(
-        "posts answered after {POST_DELAY:?}; NOTIFIER_CONCURRENCY {}, FANOUT_BATCH_SIZE {}, mapping BatchSize {BATCH_SIZE}, MaximumConcurrency {MAX_CONCURRENCY}",
+        "posts answered after {POST_DELAY:?}; NOTIFIER_CONCURRENCY {}, FANOUT_BATCH_SIZE {}, INDEX_PAGE_SIZE {:?}, mapping BatchSize {BATCH_SIZE}, MaximumConcurrency {MAX_CONCURRENCY}",
         FanoutOptions::default().concurrency,
-        FanoutOptions::default().batch_size
+        FanoutOptions::default().batch_size,
+        page_size(),
     );
     for size in sizes {
         run(&endpoint, size).await;
@@ -126,7 +131,10 @@ async fn run(endpoint: &str, size: usize) {
     let load = started.elapsed();
     // What moto alone costs to read the index the rule's invocation reads.
     let started = Instant::now();
-    let store = DynamoConnectionStore::new(dynamodb.clone(), &table);
+    let mut store = DynamoConnectionStore::new(dynamodb.clone(), &table);
+    if let Some(rows) = page_size() {
+        store = store.with_page_size(rows);
+    }
     let pages: Vec<Vec<StoredSubscription>> = store
         .subscribed_to(DetailType::Added)
         .try_collect()
@@ -361,6 +369,13 @@ impl api::gateway::ConnectionStore for Timed {
     }
 }
 
+/// `INDEX_PAGE_SIZE`, as the notifier Lambda reads it: rows per index page.
+fn page_size() -> Option<i32> {
+    std::env::var("INDEX_PAGE_SIZE")
+        .ok()
+        .map(|v| v.parse().expect("INDEX_PAGE_SIZE: a number"))
+}
+
 /// The peak resident set of this process, in KiB.
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -376,8 +391,12 @@ fn vm_hwm_kib() -> u64 {
 async fn environment(table: &str, management: &str, queue: &str) {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let config = testing::moto::sdk_config(&endpoint).await;
+    let mut store = DynamoConnectionStore::from_sdk_config(&config, table);
+    if let Some(rows) = page_size() {
+        store = store.with_page_size(rows);
+    }
     let connections = Timed {
-        store: DynamoConnectionStore::from_sdk_config(&config, table),
+        store,
         in_query: AtomicU64::new(0),
         flight: std::sync::Mutex::new((0, None)),
     };

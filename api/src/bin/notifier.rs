@@ -2,7 +2,7 @@
 //! bus rule with the event, and by the fan-out queue's event source mapping with batches of
 //! deliveries the first invocation left to others: one function, told apart by the event.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 
 use api::gateway::{
     DynamoConnectionStore, FanoutOptions, ManagementApi, Notifier, SqsDeliveryQueue,
@@ -31,6 +31,9 @@ struct Config {
     /// Deliveries per queued batch.
     #[arg(long, env = "FANOUT_BATCH_SIZE", default_value = "250")]
     batch_size: NonZeroUsize,
+    /// Rows per page of the index, for smaller steps than DynamoDB's 1 MB pages.
+    #[arg(long, env = "INDEX_PAGE_SIZE")]
+    index_page_size: Option<NonZeroU32>,
 }
 
 #[tokio::main]
@@ -38,7 +41,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
+    let mut connections =
+        DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
+    if let Some(rows) = config.index_page_size {
+        connections = connections.with_page_size(i32::try_from(rows.get()).unwrap_or(i32::MAX));
+    }
     let api = ManagementApi::new(&aws, &config.websocket_endpoint);
     let queue = SqsDeliveryQueue::from_sdk_config(&aws, config.fanout_queue_url);
     let schema = api::schema::subscription_schema();

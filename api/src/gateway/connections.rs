@@ -174,7 +174,8 @@ impl DynamoConnectionStore {
         }
     }
 
-    /// Reads the index `limit` rows a page instead of DynamoDB's 1 MB pages (tests of paging).
+    /// Reads the index `limit` rows a page (`Limit`) instead of DynamoDB's 1 MB pages: smaller
+    /// steps of the notifier's read, and tests of paging.
     pub fn with_page_size(mut self, limit: i32) -> Self {
         self.page_size = Some(limit);
         self

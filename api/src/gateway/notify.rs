@@ -202,6 +202,18 @@ struct Read {
     read_on: usize,
 }
 
+impl From<Read> for Notified {
+    /// The counts of a read (what it left to post is the caller's).
+    fn from(read: Read) -> Self {
+        Self {
+            executed: read.executed,
+            queued: read.queued,
+            read_on: read.read_on,
+            ..Self::default()
+        }
+    }
+}
+
 /// Deliveries gathered for the next batch, and about how large its body will be.
 struct Pending {
     deliveries: Vec<Delivery>,
@@ -275,7 +287,7 @@ impl Notifier<'_> {
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let event_id = book_event.event_id.clone();
         let starts = (0..self.connections.shards()).map(|shard| (shard, None));
-        let read = self
+        let mut read = self
             .read(
                 &raw,
                 &book_event,
@@ -284,13 +296,9 @@ impl Notifier<'_> {
                 true,
             )
             .await?;
-        let mut notified = Notified {
-            executed: read.executed,
-            queued: read.queued,
-            read_on: read.read_on,
-            ..Notified::default()
-        };
-        if let Some(batch) = read.alone {
+        let alone = read.alone.take();
+        let mut notified = Notified::from(read);
+        if let Some(batch) = alone {
             let (posted, failed) = self.post(std::slice::from_ref(&batch)).await;
             (notified.sent, notified.gone, notified.failed) =
                 (posted.sent, posted.gone, posted.failed);
@@ -421,12 +429,7 @@ impl Notifier<'_> {
         let read = self
             .read(&read_on.event, &book_event, starts, results, false)
             .await?;
-        Ok(Notified {
-            executed: read.executed,
-            queued: read.queued,
-            read_on: read.read_on,
-            ..Notified::default()
-        })
+        Ok(Notified::from(read))
     }
 
     /// Handles one invocation by the fan-out queue: reads on where its [`ReadOn`]s say, and
@@ -474,9 +477,9 @@ impl Notifier<'_> {
             })
             .buffer_unordered(reads)
             .collect::<Vec<_>>();
-        let ((posted, failed), reads) = futures_util::join!(self.post(&batches), reading);
+        let ((posted, failed), read_results) = futures_util::join!(self.post(&batches), reading);
         let mut notified = posted;
-        for (read, message_id) in reads {
+        for (read, message_id) in read_results {
             match read {
                 Ok(read) => {
                     notified.executed += read.executed;

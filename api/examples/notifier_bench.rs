@@ -4,7 +4,7 @@
 //! ```sh
 //! export AWS_ENDPOINT_URL=http://127.0.0.1:5101 …   # moto server, as for the AWS tests
 //! cargo run --release -p api --features aws --example notifier_bench -- 1000 10000 50000
-//! INDEX_PAGE_SIZE=1000 cargo run …   # the notifier's smaller pages, as the Lambda takes them
+//! INDEX_PAGE_SIZE=none cargo run …   # DynamoDB's 1 MB pages instead of the notifier's 1,000 rows
 //! ```
 //!
 //! For each size it loads that many subscriptions (a quarter each of four documents, one of
@@ -369,11 +369,14 @@ impl api::gateway::ConnectionStore for Timed {
     }
 }
 
-/// `INDEX_PAGE_SIZE`, as the notifier Lambda reads it: rows per index page.
+/// `INDEX_PAGE_SIZE`, as the notifier Lambda reads it (1,000 rows per index page by default), or
+/// `none` for DynamoDB's 1 MB pages.
 fn page_size() -> Option<i32> {
-    std::env::var("INDEX_PAGE_SIZE")
-        .ok()
-        .map(|v| v.parse().expect("INDEX_PAGE_SIZE: a number"))
+    match std::env::var("INDEX_PAGE_SIZE").as_deref() {
+        Err(_) => Some(1000),
+        Ok("none") => None,
+        Ok(rows) => Some(rows.parse().expect("INDEX_PAGE_SIZE: a number or none")),
+    }
 }
 
 /// The peak resident set of this process, in KiB.

@@ -656,7 +656,7 @@ async fn a_live_target_gets_each_event_once_in_stream_order_though_batches_are_o
 
     let db = Db::in_memory().unwrap();
     let hub = api::EventHub::new(64);
-    let mut subscriber = hub.subscribe();
+    let mut subscriber = hub.subscribe(None).await.unwrap();
     let bus = LocalBus::new(
         Arc::clone(&db),
         "test-bus",

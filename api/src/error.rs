@@ -58,9 +58,20 @@ pub enum ApiError {
     /// What was asked is not kept here (dead letters on AWS are in SQS).
     #[error("{0}")]
     Unavailable(String),
-    /// A subscriber fell this many events behind; its subscription is ended.
+    /// A subscriber fell this many events behind a hub without a log; its subscription is
+    /// ended.
     #[error("this subscription fell {0} events behind and was ended; subscribe again")]
     SubscriptionLagged(u64),
+    /// The cursor to resume after is older than the event log keeps.
+    #[error(
+        "this cursor is older than the events kept: the log keeps every event after {resume_after}; resume with after: \"{resume_after}\" (or without after, live)"
+    )]
+    CursorExpired {
+        /// The cursor after which every event is kept (`extensions.resumeAfter`).
+        resume_after: String,
+        /// The cursor of the oldest event kept, if any is (`extensions.oldestCursor`).
+        oldest: Option<String>,
+    },
     /// Something failed on our side; the cause was logged and is not shown.
     #[error("internal error")]
     Internal,
@@ -80,6 +91,7 @@ impl ApiError {
             Self::QueryTooLarge(_) => "QUERY_TOO_LARGE",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::SubscriptionLagged(_) => "SUBSCRIPTION_LAGGED",
+            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -129,8 +141,16 @@ impl ErrorExtensions for ApiError {
     fn extend(&self) -> async_graphql::Error {
         async_graphql::Error::new(self.to_string()).extend_with(|_, extensions| {
             extensions.set("code", self.code());
-            if let Self::BadUserInput { field, .. } = self {
-                extensions.set("field", field.as_str());
+            match self {
+                Self::BadUserInput { field, .. } => extensions.set("field", field.as_str()),
+                Self::CursorExpired {
+                    resume_after,
+                    oldest,
+                } => {
+                    extensions.set("resumeAfter", resume_after.as_str());
+                    extensions.set("oldestCursor", oldest.clone());
+                }
+                _ => {}
             }
         })
     }

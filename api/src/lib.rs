@@ -56,7 +56,7 @@ mod tests_support;
 pub mod types;
 
 pub use error::{ApiError, ErrorCodes};
-pub use events::{BookEvent, EventHub, MalformedEvent};
+pub use events::{BookEvent, EventHub, EventLog, LogError, LogPage, MalformedEvent, Position};
 pub use options::{ApiOptions, WriteGrant};
 pub use router::router;
 pub use schema::{ApiSchema, build_schema, build_schema_with, sdl};

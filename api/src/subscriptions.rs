@@ -11,7 +11,9 @@ use crate::error::ApiError;
 use crate::options::Authenticated;
 use crate::types::{BookEventNode, BookEventType, ChangedBookNode};
 
-pub use crate::events::{BookEvent, DEFAULT_SUBSCRIBER_BUFFER, EventHub};
+pub use crate::events::{
+    BookEvent, DEFAULT_SUBSCRIBER_BUFFER, EventHub, EventLog, LogError, LogPage, Position,
+};
 
 fn hub<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a EventHub> {
     ctx.data::<EventHub>().map_err(|e| {
@@ -20,75 +22,100 @@ fn hub<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a EventHub> {
     })
 }
 
-/// Events of the given types, as GraphQL results.
-fn events_of(
+/// Events of the given types, after the cursor `after` if there is one, as GraphQL results.
+async fn events_of(
     hub: &EventHub,
     types: Vec<DetailType>,
-) -> impl Stream<Item = async_graphql::Result<Arc<BookEvent>>> + Send + 'static + use<> {
-    hub.subscribe().filter_map(move |item| {
+    after: Option<String>,
+) -> async_graphql::Result<
+    impl Stream<Item = async_graphql::Result<Arc<BookEvent>>> + Send + 'static + use<>,
+> {
+    let events = hub
+        .subscribe(after.as_deref())
+        .await
+        .map_err(|e| e.extend())?;
+    Ok(events.filter_map(move |item| {
         let keep = match &item {
             Ok(event) => types.contains(&event.detail_type),
             Err(_) => true,
         };
         std::future::ready(keep.then(|| item.map_err(|e| e.extend())))
-    })
+    }))
 }
 
 /// The subscriptions. Every event comes from the bus, after the change stream and the
-/// processor, exactly as a consumer gets it.
+/// processor, exactly as a consumer gets it, in stream order.
+///
+/// Each takes `after`, the cursor of the last event a client saw: the subscription then
+/// starts with the events after it, replayed from the change stream, and goes on live with
+/// nothing missed and nothing twice. A cursor older than the stream keeps is refused with
+/// `CURSOR_EXPIRED`, whose `extensions.resumeAfter` is the oldest cursor still honoured.
 #[derive(Debug, Default)]
 pub struct SubscriptionRoot;
 
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
-    /// Every book event, or only those of the given types.
+    /// Every book event, or only those of the given types; after the event whose cursor is
+    /// `after`, when given (replayed, then live), or from now on.
     #[graphql(guard = "Authenticated")]
     async fn book_events(
         &self,
         ctx: &Context<'_>,
         types: Option<Vec<BookEventType>>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BookEventNode>> + use<>>
     {
         let types = match types {
             Some(types) => types.into_iter().map(DetailType::from).collect(),
             None => DetailType::ALL.to_vec(),
         };
-        Ok(events_of(hub(ctx)?, types).map(|item| item.map(BookEventNode)))
+        Ok(events_of(hub(ctx)?, types, after)
+            .await?
+            .map(|item| item.map(BookEventNode)))
     }
 
-    /// Books as they are added, each with its event's id (to drop a redelivered one).
+    /// Books as they are added, each with its event's id (to drop a redelivered one) and
+    /// cursor; after the event whose cursor is `after`, when given, or from now on.
     #[graphql(guard = "Authenticated")]
     async fn book_added(
         &self,
         ctx: &Context<'_>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
     {
-        Ok(books_from_events(hub(ctx)?, DetailType::Added))
+        books_from_events(hub(ctx)?, DetailType::Added, after).await
     }
 
-    /// Books as they are removed, each with its event's id (removals that carried only the
-    /// name are in `bookEvents`).
+    /// Books as they are removed, each with its event's id and cursor (removals that carried
+    /// only the name are in `bookEvents`); after the event whose cursor is `after`, when
+    /// given, or from now on.
     #[graphql(guard = "Authenticated")]
     async fn book_removed(
         &self,
         ctx: &Context<'_>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
     {
-        Ok(books_from_events(hub(ctx)?, DetailType::Removed))
+        books_from_events(hub(ctx)?, DetailType::Removed, after).await
     }
 }
 
-fn books_from_events(
+async fn books_from_events(
     hub: &EventHub,
     detail_type: DetailType,
-) -> impl Stream<Item = async_graphql::Result<ChangedBookNode>> + Send + 'static + use<> {
-    events_of(hub, vec![detail_type]).filter_map(|item| {
-        std::future::ready(match item {
-            Ok(event) => event
-                .book
-                .to_book()
-                .map(|book| Ok(ChangedBookNode { book, event })),
-            Err(error) => Some(Err(error)),
-        })
-    })
+    after: Option<String>,
+) -> async_graphql::Result<
+    impl Stream<Item = async_graphql::Result<ChangedBookNode>> + Send + 'static + use<>,
+> {
+    Ok(events_of(hub, vec![detail_type], after)
+        .await?
+        .filter_map(|item| {
+            std::future::ready(match item {
+                Ok(event) => event
+                    .book
+                    .to_book()
+                    .map(|book| Ok(ChangedBookNode { book, event })),
+                Err(error) => Some(Err(error)),
+            })
+        }))
 }

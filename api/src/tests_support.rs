@@ -35,10 +35,11 @@ impl ActivityFeed for NoStore {
     }
 }
 
-/// An `outboxdemo.added` event about "Dune" with this id.
+/// An `outboxdemo.added` event about "Dune" with this id, at no position of a stream.
 pub(crate) fn event(id: &str) -> crate::BookEvent {
     crate::BookEvent {
         event_id: id.into(),
+        cursor: format!("c-{id}"),
         detail_type: domain::DetailType::Added,
         occurred_at: chrono::Utc::now(),
         book: domain::BookSnapshot::name_only(BookName::parse("Dune").expect("a valid name")),

@@ -47,6 +47,12 @@ impl ChangedBookNode {
         ID(self.event.event_id.clone())
     }
 
+    /// The event's position in the change stream: pass it as `after` to resume after this
+    /// event.
+    async fn cursor(&self) -> &str {
+        &self.event.cursor
+    }
+
     /// When the change was committed.
     async fn occurred_at(&self) -> DateTime<Utc> {
         self.event.occurred_at
@@ -201,6 +207,12 @@ impl BookEventNode {
     /// every redelivery.
     async fn event_id(&self) -> ID {
         ID(self.0.event_id.clone())
+    }
+
+    /// The event's position in the change stream (the stream record's sequence number, the
+    /// same on every redelivery): pass it as `after` to resume after this event.
+    async fn cursor(&self) -> &str {
+        &self.0.cursor
     }
 
     /// What happened.

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{DeliveryOptions, LocalBus, Route, SubscriptionTarget};
 use crate::embedded::{Db, DbError, EmbeddedActivityStore, EmbeddedBookStore, EmbeddedDeadLetters};
 use crate::faults::{Faults, FaultyPublisher, PoisonedRecords, faulty_route};
-use crate::stream::{BatchHandler, Processor, ReaderOptions, StreamDeadLetters, StreamReader};
+use crate::stream::{
+    BatchHandler, DEFAULT_RETENTION, EmbeddedEventLog, Processor, ReaderOptions, Retention,
+    StreamDeadLetters, StreamReader,
+};
 
 /// Where the local stack keeps its data: `--data-dir` or `--in-memory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,9 +93,25 @@ pub struct Settings {
     /// How the bus retries deliveries.
     #[arg(skip)]
     pub delivery: DeliveryOptions,
-    /// How many events a subscriber may fall behind before its subscription is ended.
+    /// How many events a subscriber's live buffer holds; one that falls further behind is
+    /// caught up from the stream.
     #[arg(skip = api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER)]
     pub subscriber_buffer: usize,
+    /// How long the change stream keeps records that the processor is done with (and so how
+    /// far back a subscription can resume).
+    #[arg(
+        long = "stream-retention-secs",
+        env = "OUTBOXDEMO_STREAM_RETENTION_SECS",
+        value_name = "SECS",
+        // DEFAULT_RETENTION, which clap wants as text (a test holds the two together).
+        default_value = "86400",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::value_parser!(u64).range(1..),
+            Duration::from_secs,
+        ),
+        help = "Seconds the change stream keeps records (and subscriptions can resume from)"
+    )]
+    pub stream_retention: Duration,
     /// The API's limits, switches and credential.
     #[command(flatten)]
     pub api: ApiOptions,
@@ -113,6 +132,7 @@ impl Settings {
             reader: ReaderOptions::default(),
             delivery: DeliveryOptions::default(),
             subscriber_buffer: api::subscriptions::DEFAULT_SUBSCRIBER_BUFFER,
+            stream_retention: DEFAULT_RETENTION,
             api: ApiOptions::default(),
             faults: Faults::default(),
             shutdown_grace: SHUTDOWN_GRACE,
@@ -142,7 +162,12 @@ pub async fn run(
     let books = Arc::new(EmbeddedBookStore::new(Arc::clone(&db)));
     let activity = Arc::new(EmbeddedActivityStore::new(Arc::clone(&db)));
 
-    let hub = EventHub::new(settings.subscriber_buffer);
+    // Subscriptions resume from the stream, after what the processor had published.
+    let hub = EventHub::with_log(
+        settings.subscriber_buffer,
+        Arc::new(EmbeddedEventLog(Arc::clone(&db))),
+        crate::stream::checkpoint(&db).await?,
+    );
     let faults = &settings.faults;
     if faults.any() {
         tracing::warn!(?faults, "fault injection is on");
@@ -179,8 +204,12 @@ pub async fn run(
     } else {
         Arc::new(processor)
     };
-    let reader = StreamReader::new(Arc::clone(&db), handler, settings.reader.clone());
+    // A record older than the stream keeps is given up on, as on AWS.
+    let mut reader_options = settings.reader.clone();
+    reader_options.max_record_age = reader_options.max_record_age.min(settings.stream_retention);
+    let reader = StreamReader::new(Arc::clone(&db), handler, reader_options);
     tasks.spawn(reader.run(stop.clone()));
+    tasks.spawn(Retention::new(Arc::clone(&db), settings.stream_retention).run(stop.clone()));
 
     let dead_letters: Arc<dyn api::DeadLetterFeed> =
         Arc::new(EmbeddedDeadLetters::new(Arc::clone(&db)));
@@ -225,4 +254,31 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::{Args as _, FromArgMatches as _};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Settings {
+        let command = Settings::augment_args(clap::Command::new("serve"))
+            .mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap();
+        Settings::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn the_stream_keeps_records_24_hours_unless_told_otherwise() {
+        assert_eq!(parse(&[]).stream_retention, DEFAULT_RETENTION);
+        assert_eq!(
+            parse(&["--stream-retention-secs=90"]).stream_retention,
+            Duration::from_secs(90)
+        );
+    }
 }

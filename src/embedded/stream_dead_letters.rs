@@ -59,3 +59,12 @@ pub(super) fn remove(conn: &Connection, seq: i64) -> Result<(), DbError> {
         .execute([seq])?;
     Ok(())
 }
+
+/// The sequence numbers in `(after, until]` whose records are dead letters.
+pub fn seqs_between(conn: &Connection, after: i64, until: i64) -> Result<Vec<i64>, DbError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq FROM stream_dead_letters WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let rows = statement.query_map(params![after, until], |row| row.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

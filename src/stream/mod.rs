@@ -17,7 +17,9 @@
 //! - this module: [`StreamReader`], its [`ReaderOptions`], the [`BatchHandler`] it calls, and
 //!   [`StreamDeadLetters`], where the processor sets aside what it can never map.
 //! - `records`: a stored change as the typed `EventRecord` a Lambda gets.
+//! - `log`: the stream as the subscriptions' [`EmbeddedEventLog`], and its [`Retention`].
 
+mod log;
 mod records;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::embedded::stream::StoredRecord;
 use crate::embedded::{Db, DbError, WriteInFlight, checkpoints, stream, stream_dead_letters};
+pub use log::{DEFAULT_RETENTION, EmbeddedEventLog, RETENTION, Retention, trimmed_through};
 use records::{lambda_record, sequence_number};
 
 /// The name under which the processor's checkpoint is stored.

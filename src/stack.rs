@@ -204,10 +204,7 @@ pub async fn run(
     } else {
         Arc::new(processor)
     };
-    // A record older than the stream keeps is given up on, as on AWS.
-    let mut reader_options = settings.reader.clone();
-    reader_options.max_record_age = reader_options.max_record_age.min(settings.stream_retention);
-    let reader = StreamReader::new(Arc::clone(&db), handler, reader_options);
+    let reader = StreamReader::new(Arc::clone(&db), handler, settings.reader.clone());
     tasks.spawn(reader.run(stop.clone()));
     tasks.spawn(Retention::new(Arc::clone(&db), settings.stream_retention).run(stop.clone()));
 

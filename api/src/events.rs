@@ -193,6 +193,20 @@ struct Live {
     log: Option<Arc<dyn EventLog>>,
     /// How many subscriptions are open.
     subscriptions: AtomicUsize,
+    /// Run as a subscriber goes live, before it opens its buffer: a test's way into the
+    /// moment the switch must get right.
+    #[cfg(test)]
+    switching: std::sync::Mutex<Option<Switching>>,
+}
+
+#[cfg(test)]
+struct Switching(Box<dyn FnOnce() + Send>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Switching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Switching")
+    }
 }
 
 /// An open subscription, counted while it lives.
@@ -237,6 +251,8 @@ impl EventHub {
                 published: AtomicI64::new(published),
                 log,
                 subscriptions: AtomicUsize::new(0),
+                #[cfg(test)]
+                switching: std::sync::Mutex::default(),
             })),
         }
     }
@@ -375,6 +391,10 @@ struct Follow {
 impl Follow {
     /// Opens the live buffer at what has been published: from here on events arrive live.
     fn go_live(&mut self) {
+        #[cfg(test)]
+        if let Some(switching) = self.open.0.switching.lock().unwrap().take() {
+            (switching.0)();
+        }
         self.receiver = Some(self.open.0.sender.subscribe());
         self.replay_until = self.published();
     }
@@ -618,61 +638,103 @@ mod tests {
     }
 
     /// Seeded interleavings of a writer with subscribers that start after random cursors at
-    /// random moments, with small buffers: each gets every event after its cursor, once, in
-    /// order.
+    /// random moments, with small buffers (so they fall behind and switch back often): each
+    /// gets every event after its cursor, once, in order. The switch's window is a few
+    /// nanoseconds wide, so each seed switches many times.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_switch_from_the_log_to_live_loses_and_repeats_nothing() {
+        const TOTAL: usize = 400;
         for seed in 0..200 {
             let mut rng = fastrand::Rng::with_seed(seed);
-            let (log, hub) = logged(rng.usize(1..6));
-            let total = 60;
-            let start = rng.usize(0..total / 2);
+            let (log, hub) = logged(rng.usize(1..4));
+            let start = rng.usize(0..TOTAL / 4);
             for _ in 0..start {
                 commit(&log, &hub);
             }
             let writer = {
                 let (log, hub) = (log.clone(), hub.clone());
-                // Pauses of a few microseconds, so that commits land while the subscriber
-                // switches from the log to live.
-                let pauses: Vec<u64> = (start..total).map(|_| rng.u64(0..30)).collect();
+                let mut rng = rng.fork();
                 tokio::spawn(async move {
-                    for pause in pauses {
+                    for _ in start..TOTAL {
                         commit(&log, &hub);
-                        std::thread::sleep(std::time::Duration::from_micros(pause));
+                        if rng.u8(..) < 8 {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 })
             };
-            let after = rng.usize(0..=start);
-            let cursor = (after > 0).then(|| format!("{after:021}"));
-            let mut subscription = hub.subscribe(cursor.as_deref()).await.unwrap();
-            let reader = tokio::spawn(async move {
-                let mut received = Vec::new();
-                loop {
-                    let event = next(&mut subscription).await.unwrap().unwrap();
-                    let position = event.position().unwrap();
-                    received.push(event);
-                    if position > total as i64 {
-                        return received;
-                    }
-                    if rng.u8(..) < 40 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-            });
+            let subscribed = Arc::new(AtomicUsize::new(0));
+            let readers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (hub, subscribed) = (hub.clone(), subscribed.clone());
+                    let mut rng = rng.fork();
+                    tokio::spawn(async move {
+                        for _ in 0..rng.usize(0..40) {
+                            tokio::task::yield_now().await;
+                        }
+                        let after = rng.bool().then(|| rng.usize(0..=start));
+                        let cursor = after.map(|after| format!("{after:021}"));
+                        let mut subscription = hub.subscribe(cursor.as_deref()).await.unwrap();
+                        subscribed.fetch_add(1, Ordering::AcqRel);
+                        let mut received = Vec::new();
+                        loop {
+                            let event = next(&mut subscription).await.unwrap().unwrap();
+                            let position = event.position().unwrap();
+                            received.push(event);
+                            if position > TOTAL as i64 {
+                                return (after, received);
+                            }
+                            if rng.u8(..) < 60 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    })
+                })
+                .collect();
             writer.await.unwrap();
+            while subscribed.load(Ordering::Acquire) < readers.len() {
+                tokio::task::yield_now().await;
+            }
             // One more, which a subscriber that started live after the writer also gets.
             commit(&log, &hub);
-            let received = reader.await.unwrap();
-            let first = match cursor {
-                Some(_) => after as i64 + 1,
-                None => received[0].position().unwrap(),
-            };
-            assert_eq!(
-                positions(&received),
-                (first..=total as i64 + 1).collect::<Vec<_>>(),
-                "seed {seed}"
-            );
+            for reader in readers {
+                let (after, received) = reader.await.unwrap();
+                let first = match after {
+                    Some(after) => after as i64 + 1,
+                    None => received[0].position().unwrap(),
+                };
+                assert_eq!(
+                    positions(&received),
+                    (first..=TOTAL as i64 + 1).collect::<Vec<_>>(),
+                    "seed {seed}"
+                );
+            }
         }
+    }
+
+    /// The moment that matters, made to happen: an event published as the subscriber goes
+    /// live, after it found itself caught up and before its buffer opened, is read from the log.
+    #[tokio::test]
+    async fn an_event_published_just_as_a_subscriber_goes_live_is_not_missed() {
+        let (log, hub) = logged(4);
+        for _ in 0..3 {
+            commit(&log, &hub);
+        }
+        let Source::Live(live) = &hub.source else {
+            unreachable!()
+        };
+        let (log_then, hub_then) = (log.clone(), hub.clone());
+        *live.switching.lock().unwrap() = Some(Switching(Box::new(move || {
+            commit(&log_then, &hub_then);
+        })));
+        let mut subscription = hub.subscribe(Some("0")).await.unwrap();
+        let mut received = Vec::new();
+        for _ in 0..4 {
+            received.push(next(&mut subscription).await.unwrap().unwrap());
+        }
+        commit(&log, &hub);
+        received.push(next(&mut subscription).await.unwrap().unwrap());
+        assert_eq!(positions(&received), [1, 2, 3, 4, 5]);
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //! - `operations`: what operators rely on: fault injection, dead letters, limits, the credential.
 //! - `limits`: the attacks on input and limits: look-alike and bidi names, over-long
 //!   subscription ids, 1,000 subscribes on one socket, a socket over its rate, huge documents.
+//! - `resume`: subscriptions that resume after a cursor (a seeded chaos test of writers and
+//!   of subscribers that disconnect), a slow subscriber, and the stream's retention.
 //! - `upgrade`: a data directory of an older version, upgraded in place.
 //! - `web`: pages on other origins: the socket's allow-list, CORS, and dead letters behind
 //!   the credential.
@@ -16,6 +18,7 @@ mod data_dir;
 mod http;
 mod limits;
 mod operations;
+mod resume;
 mod support;
 mod upgrade;
 mod web;

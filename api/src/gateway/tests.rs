@@ -275,6 +275,25 @@ async fn the_protocol_holds_a_connection_to_its_rules() {
     assert!(g.connections.0.lock().unwrap().is_empty());
 }
 
+/// Resuming after a cursor needs a log of the events to replay, which this path does not keep
+/// yet: the subscribe is refused at once, coded, and nothing is stored (issue #16).
+#[tokio::test]
+async fn a_subscription_after_a_cursor_is_refused_as_unavailable() {
+    let g = Gateway::new();
+    g.status("c1", "$connect", None).await;
+    g.message("c1", json!({"type": "connection_init"})).await;
+    for query in [
+        r#"subscription { bookEvents(after: "000000000000000000001") { eventId } }"#,
+        r#"subscription { bookAdded(after: "000000000000000000001") { name } }"#,
+    ] {
+        g.message("c1", subscribe("r", query)).await;
+        let sent = g.last_sent();
+        assert_eq!(sent["type"], "error", "{sent}");
+        assert_eq!(sent["payload"][0]["extensions"]["code"], "UNAVAILABLE");
+    }
+    assert_eq!(g.connections.stored(), 0);
+}
+
 #[tokio::test]
 async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
     let g = Gateway::new();

@@ -156,3 +156,139 @@ impl Retention {
 pub async fn trimmed_through(db: &Arc<Db>) -> Result<i64, DbError> {
     db.read(|conn| checkpoints::get(conn, RETENTION)).await
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use api::BookStore as _;
+    use domain::event::DetailType;
+    use domain::{Authors, Book, BookName, PublishedYear};
+
+    use super::*;
+    use crate::embedded::EmbeddedBookStore;
+
+    fn book(name: &str) -> Book {
+        Book {
+            name: BookName::parse(name).unwrap(),
+            authors: Authors::parse(&["An Author"]).unwrap(),
+            published_year: PublishedYear::parse(2001).unwrap(),
+        }
+    }
+
+    /// A store with `books` added and then the first of them removed: records 1..=n+1.
+    async fn store(books: &[&str]) -> (Arc<Db>, EmbeddedEventLog) {
+        let db = Db::in_memory().unwrap();
+        let store = EmbeddedBookStore::new(Arc::clone(&db));
+        for name in books {
+            store.add(&book(name)).await.unwrap();
+        }
+        store.remove(&book(books[0]).name).await.unwrap();
+        (Arc::clone(&db), EmbeddedEventLog(db))
+    }
+
+    fn cursors(page: &LogPage) -> Vec<String> {
+        page.events.iter().map(|e| e.cursor.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_log_holds_the_events_the_processor_publishes_in_stream_order() {
+        let (_db, log) = store(&["A", "B", "C"]).await;
+        let page = log.read(0, 4, 10).await.unwrap();
+        assert_eq!(
+            cursors(&page),
+            (1..=4).map(sequence_number).collect::<Vec<_>>()
+        );
+        assert_eq!(page.through, 4);
+        let types: Vec<DetailType> = page.events.iter().map(|e| e.detail_type).collect();
+        assert_eq!(
+            types,
+            [
+                DetailType::Added,
+                DetailType::Added,
+                DetailType::Added,
+                DetailType::Removed
+            ]
+        );
+        assert_eq!(page.events[3].book.name, BookName::parse("A").unwrap());
+        // Exactly what the processor makes of the same record.
+        let stored = log.0.read(|conn| stream::after(conn, 1, 1)).await.unwrap();
+        let published = processor::map_record(&lambda_record(&stored[0]).unwrap()).unwrap();
+        assert_eq!(
+            page.events[1],
+            BookEvent::new(published.detail_type, published.envelope)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_goes_up_to_until_and_a_full_page_through_its_last_record() {
+        let (_db, log) = store(&["A", "B", "C"]).await;
+        let page = log.read(1, 3, 10).await.unwrap();
+        assert_eq!(cursors(&page), [sequence_number(2), sequence_number(3)]);
+        assert_eq!(page.through, 3, "nothing after until");
+        let page = log.read(0, 4, 2).await.unwrap();
+        assert_eq!(page.through, 2, "a full page goes through its last record");
+        let page = log.read(4, 4, 2).await.unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(page.through, 4);
+    }
+
+    #[tokio::test]
+    async fn a_record_set_aside_is_not_in_the_log_but_the_read_goes_past_it() {
+        let (db, log) = store(&["A", "B", "C"]).await;
+        db.write(|conn| stream_dead_letters::insert(conn, 2, "e2", "{}", "poison", 1))
+            .await
+            .unwrap();
+        let page = log.read(0, 4, 10).await.unwrap();
+        assert_eq!(
+            cursors(&page),
+            [1, 3, 4].map(sequence_number).to_vec(),
+            "the dead letter is skipped"
+        );
+        assert_eq!(page.through, 4);
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_position_is_expired_and_one_past_the_stream_unknown() {
+        let (db, log) = store(&["A", "B", "C"]).await;
+        db.write(|conn| {
+            checkpoints::save(conn, PROCESSOR, 4)?;
+            stream::trim(conn, 2, i64::MAX, 100)?;
+            checkpoints::save(conn, RETENTION, 2)
+        })
+        .await
+        .unwrap();
+        match log.read(1, 4, 10).await {
+            Err(LogError::Expired {
+                resume_after,
+                oldest,
+            }) => {
+                assert_eq!(resume_after, sequence_number(2));
+                assert_eq!(oldest, Some(sequence_number(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cursors(&log.read(2, 4, 10).await.unwrap()).len(), 2);
+        assert!(matches!(log.read(5, 5, 10).await, Err(LogError::Unknown)));
+        assert!(log.read(4, 4, 10).await.unwrap().events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retention_trims_only_old_records_the_processor_is_done_with() {
+        let (db, _log) = store(&["A", "B", "C"]).await;
+        let retention = Retention::new(Arc::clone(&db), Duration::ZERO);
+        assert_eq!(retention.trim().await.unwrap(), 0, "nothing checkpointed");
+        db.write(|conn| checkpoints::save(conn, PROCESSOR, 3))
+            .await
+            .unwrap();
+        assert_eq!(retention.trim().await.unwrap(), 3);
+        assert_eq!(trimmed_through(&db).await.unwrap(), 3);
+        let kept = db.read(|conn| stream::after(conn, 0, 10)).await.unwrap();
+        assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
+        let young = Retention::new(Arc::clone(&db), Duration::from_secs(3600));
+        db.write(|conn| checkpoints::save(conn, PROCESSOR, 4))
+            .await
+            .unwrap();
+        assert_eq!(young.trim().await.unwrap(), 0, "younger than the retention");
+    }
+}

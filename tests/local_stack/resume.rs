@@ -410,3 +410,39 @@ async fn a_cursor_that_is_not_one_of_the_stream_is_bad_input() {
     }
     app.stop().await;
 }
+
+/// The stream is durable, so a cursor outlives the server: a subscriber resumes after a
+/// restart with the cursor it saw before it, and gets what was committed since, then live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_from_before_a_restart_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(quick_settings(Storage::Dir(dir.path().to_owned()))).await;
+    let mut before = socket(&app).await;
+    send(&mut before, subscribe_after("s", None)).await;
+    wait_for_subscriptions(&app, 1).await;
+    app.add_book("Before", &["A. Writer"], 2000).await;
+    let message = next(&mut before).await;
+    let seen = message["payload"]["data"]["bookEvents"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.add_book("Unseen", &["A. Writer"], 2000).await;
+    drop(before);
+    app.stop().await;
+
+    let app = spawn_with(quick_settings(Storage::Dir(dir.path().to_owned()))).await;
+    app.remove_book("Before").await;
+    let mut socket = socket(&app).await;
+    send(&mut socket, subscribe_after("s", Some(&seen))).await;
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let message = next(&mut socket).await;
+        names.push(message["payload"]["data"]["bookEvents"]["bookName"].clone());
+    }
+    app.add_book("After", &["A. Writer"], 2000).await;
+    let message = next(&mut socket).await;
+    names.push(message["payload"]["data"]["bookEvents"]["bookName"].clone());
+    assert_eq!(names, [json!("Unseen"), json!("Before"), json!("After")]);
+    drop(socket);
+    app.stop().await;
+}

@@ -1,9 +1,12 @@
 //! Web origins (`scheme://host[:port]`), and the ones `--allow-origin` lets in besides this
-//! server's own: pages there may open the WebSocket and read responses (CORS).
+//! server's own: pages there may open the WebSocket and the event stream, and read responses
+//! (CORS).
 //!
 //! Browsers send `Origin` serialised (RFC 6454 §6.2): lowercase scheme and host, no default
 //! port, no path. A configured origin is brought to that form once, so a handshake's or a
 //! request's `Origin` is compared as text.
+
+use axum::http::{HeaderMap, HeaderValue, header};
 
 /// Brings an origin to the form browsers send, or says why it is not one: `http` or `https`,
 /// a host, an optional port, nothing else (`*` and `null` are not origins one may list).
@@ -67,6 +70,46 @@ impl AllowedOrigins {
     pub(super) fn lists(&self, origin: &str) -> bool {
         parse_origin(origin).is_ok_and(|origin| self.0.contains(&origin))
     }
+
+    /// The `Origin` of a request that a page elsewhere made: neither this server's own (the
+    /// request's `Host`) nor a configured one. A request without `Origin` is no page's (clients
+    /// that are not browsers send none) and is let in.
+    pub(super) fn refuses<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let text = origin.to_str().unwrap_or_default();
+        (!same_origin(text, host) && !self.lists(text)).then_some(origin)
+    }
+}
+
+/// Whether an `Origin` (`scheme://host[:port]`) names the server at `host` (the request's
+/// `Host`): the page that made the request was served here. `null` (a sandboxed or local file
+/// page) is another origin.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |authority: &str| {
+        let authority = authority.trim_end_matches('/').to_ascii_lowercase();
+        if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            && !authority.ends_with(']')
+        {
+            authority
+        } else {
+            format!("{authority}:{default_port}")
+        }
+    };
+    with_port(authority) == with_port(host)
 }
 
 #[cfg(test)]
@@ -103,6 +146,45 @@ mod tests {
         ] {
             assert!(parse_origin(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn only_this_servers_own_pages_are_this_origin() {
+        let host = Some("127.0.0.1:8000");
+        assert!(same_origin("http://127.0.0.1:8000", host));
+        assert!(same_origin("http://localhost:8000", Some("LOCALHOST:8000")));
+        assert!(same_origin("http://example.com", Some("example.com:80")));
+        assert!(!same_origin("http://evil.example", host));
+        assert!(!same_origin("http://127.0.0.1:9999", host));
+        // (The scheme only gives the default port: `Host` carries none, and behind a TLS
+        // proxy the page's https origin names this very server.)
+        assert!(same_origin("https://example.com", Some("example.com")));
+        assert!(same_origin("https://example.com", Some("example.com:443")));
+        assert!(!same_origin("null", host));
+        assert!(!same_origin("http://127.0.0.1:8000", None));
+    }
+
+    #[test]
+    fn requests_from_pages_elsewhere_are_refused_and_others_let_in() {
+        let allowed = AllowedOrigins::new(&["https://app.example".to_owned()]);
+        let headers = |origin: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8000"));
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
+            }
+            headers
+        };
+        assert_eq!(allowed.refuses(&headers(None)), None, "no page's request");
+        assert_eq!(
+            allowed.refuses(&headers(Some("http://127.0.0.1:8000"))),
+            None
+        );
+        assert_eq!(allowed.refuses(&headers(Some("https://app.example"))), None);
+        assert_eq!(
+            allowed.refuses(&headers(Some("http://evil.example"))),
+            Some(&HeaderValue::from_static("http://evil.example"))
+        );
     }
 
     #[test]

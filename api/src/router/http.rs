@@ -38,41 +38,9 @@ pub(super) async fn graphql(
     } else {
         "application/json"
     };
-    let reply = |status: StatusCode, body: serde_json::Value| {
-        let mut response = (status, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
-        response
-    };
-    let refuse = |status: StatusCode, code: &str, message: String| {
-        reply(
-            status,
-            serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}),
-        )
-    };
-
-    let json_body = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim_start().starts_with("application/json"));
-    if method == Method::POST && !json_body {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "BAD_REQUEST",
-            "a POST needs content-type: application/json".to_owned(),
-        );
-    }
-    let body = match body {
+    let body = match read_body(&method, &headers, body) {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "the request body is larger than the API accepts".to_owned(),
-            );
-        }
-        Err(rejection) => return refuse(rejection.status(), "BAD_REQUEST", rejection.body_text()),
+        Err(refusal) => return refusal.answer(media_type),
     };
     let authorization = headers.get(header::AUTHORIZATION);
     let cache_key = state.responses.as_ref().map(|responses| {
@@ -90,21 +58,9 @@ pub(super) async fn graphql(
     {
         return answer_with(answer, media_type);
     }
-    let parsed = if method == Method::POST {
-        serde_json::from_slice::<async_graphql::Request>(&body).map_err(|e| e.to_string())
-    } else {
-        async_graphql::http::parse_query_string(uri.query().unwrap_or_default())
-            .map_err(|e| e.to_string())
-    };
-    let request = match parsed {
+    let request = match parse(&method, &uri, &body) {
         Ok(request) => request,
-        Err(error) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                format!("not a GraphQL request: {error}"),
-            );
-        }
+        Err(refusal) => return refusal.answer(media_type),
     };
     let authorization = authorization.and_then(|v| v.to_str().ok());
     let mut request = request.data(Credential::from_authorization(authorization));
@@ -113,11 +69,11 @@ pub(super) async fn graphql(
     }
     state.documents.prepare(&mut request);
     if method == Method::GET && is_mutation(&mut request) {
-        let mut response = refuse(
+        let mut response = Refusal::bad_request(
             StatusCode::METHOD_NOT_ALLOWED,
-            "BAD_REQUEST",
-            "mutations are not run over GET; use POST".to_owned(),
-        );
+            "mutations are not run over GET; use POST",
+        )
+        .answer(media_type);
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -138,7 +94,7 @@ pub(super) async fn graphql(
         if let Some(body) = body.as_object_mut() {
             body.remove("data");
         }
-        return reply(StatusCode::BAD_REQUEST, body);
+        return json_answer(StatusCode::BAD_REQUEST, body, media_type);
     }
     match serde_json::to_vec(&response) {
         Ok(body) => {
@@ -150,12 +106,94 @@ pub(super) async fn graphql(
             }
             answer_with(body, media_type)
         }
-        Err(error) => refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            format!("the response could not be written: {error}"),
-        ),
+        Err(error) => Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "INTERNAL",
+            message: format!("the response could not be written: {error}"),
+        }
+        .answer(media_type),
     }
+}
+
+/// A request answered before anything runs, with one error: its status, code and message.
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A `BAD_REQUEST` refusal: not a GraphQL request, or not one this endpoint runs.
+    pub(super) fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: "BAD_REQUEST",
+            message: message.into(),
+        }
+    }
+
+    /// The answer: `{"errors": [{"message", "extensions": {"code"}}]}` as `media_type`.
+    pub(super) fn answer(&self, media_type: &'static str) -> Response {
+        let body = serde_json::json!({
+            "errors": [{"message": self.message, "extensions": {"code": self.code}}]
+        });
+        json_answer(self.status, body, media_type)
+    }
+}
+
+/// An answer with this status and JSON body, as `media_type`.
+fn json_answer(status: StatusCode, body: serde_json::Value, media_type: &'static str) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    response
+}
+
+/// The body of a GraphQL request: a POST's must be JSON and within the body limit.
+pub(super) fn read_body(
+    method: &Method,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Refusal> {
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if method == Method::POST && !json_body {
+        return Err(Refusal::bad_request(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a POST needs content-type: application/json",
+        ));
+    }
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "PAYLOAD_TOO_LARGE",
+            message: "the request body is larger than the API accepts".to_owned(),
+        },
+        status => Refusal::bad_request(status, rejection.body_text()),
+    })
+}
+
+/// The GraphQL request a POST's JSON body or a GET's query string holds.
+pub(super) fn parse(
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<async_graphql::Request, Refusal> {
+    let parsed = if method == Method::POST {
+        serde_json::from_slice::<async_graphql::Request>(body).map_err(|e| e.to_string())
+    } else {
+        async_graphql::http::parse_query_string(uri.query().unwrap_or_default())
+            .map_err(|e| e.to_string())
+    };
+    parsed.map_err(|error| {
+        Refusal::bad_request(
+            StatusCode::BAD_REQUEST,
+            format!("not a GraphQL request: {error}"),
+        )
+    })
 }
 
 /// A 200 answer with this body.
@@ -176,7 +214,7 @@ fn catalogue_only(request: &mut async_graphql::Request) -> bool {
 }
 
 /// Whether the operation the request would run is a mutation.
-fn is_mutation(request: &mut async_graphql::Request) -> bool {
+pub(super) fn is_mutation(request: &mut async_graphql::Request) -> bool {
     let operation_name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else {
         return false; // execution reports the parse error

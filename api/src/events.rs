@@ -468,22 +468,34 @@ impl Follow {
     }
 }
 
+/// An [`EventLog`] in memory, for the tests of the hub and of the transports that resume.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod memory {
+    #![allow(clippy::unwrap_used)]
 
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI64, Ordering};
 
-    use async_graphql::ErrorExtensions;
-
-    use super::*;
-    use crate::tests_support::event;
+    use super::{BookEvent, EventHub, EventLog, LogError, LogPage, Position};
 
     /// A log in memory: the events published so far, of which those up to `trimmed` are gone.
     #[derive(Debug, Default)]
-    struct MemoryLog {
-        events: Mutex<Vec<BookEvent>>,
-        trimmed: AtomicI64,
+    pub(crate) struct MemoryLog {
+        pub(crate) events: Mutex<Vec<BookEvent>>,
+        pub(crate) trimmed: AtomicI64,
+    }
+
+    impl MemoryLog {
+        /// Commits `event` to the log at the next position (its cursor, whatever it had) and
+        /// then publishes it, as the pipeline does.
+        pub(crate) fn commit(&self, hub: &EventHub, mut event: BookEvent) -> BookEvent {
+            let mut events = self.events.lock().unwrap();
+            event.cursor = format!("{:021}", events.len() + 1);
+            events.push(event.clone());
+            drop(events);
+            hub.publish(event.clone());
+            event
+        }
     }
 
     #[async_trait::async_trait]
@@ -522,17 +534,22 @@ mod tests {
             })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use async_graphql::ErrorExtensions;
+
+    use super::memory::MemoryLog;
+    use super::*;
+    use crate::tests_support::event;
 
     /// Commits an event to the log and then publishes it, as the pipeline does.
     fn commit(log: &MemoryLog, hub: &EventHub) -> BookEvent {
-        let mut events = log.events.lock().unwrap();
-        let position = events.len() + 1;
-        let mut event = event(&format!("e{position}"));
-        event.cursor = format!("{position:021}");
-        events.push(event.clone());
-        drop(events);
-        hub.publish(event.clone());
-        event
+        let position = log.events.lock().unwrap().len() + 1;
+        log.commit(hub, event(&format!("e{position}")))
     }
 
     fn logged(buffer: usize) -> (Arc<MemoryLog>, EventHub) {

@@ -1,7 +1,12 @@
 //! The subscription root: GraphQL subscriptions, fed by the event bus through an
 //! [`EventHub`] — never by a mutation.
+//!
+//! Two request-data values let a transport that numbers its messages (Server-Sent Events'
+//! `id:`) speak in cursors without the client selecting `cursor`: [`LastCursor`], the cursor of
+//! the event a result was made from, and [`ResumeAfter`], a cursor that overrides the
+//! document's `after`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{Context, ErrorExtensions, Subscription};
 use domain::event::DetailType;
@@ -22,15 +27,51 @@ fn hub<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a EventHub> {
     })
 }
 
-/// Events of the given types, after the cursor `after` if there is one, as GraphQL results.
+/// Request data: where a subscription writes the cursor of each event just before it hands
+/// the event on, so that the transport can tell which event a result was made from.
+///
+/// A subscription's results are made one at a time, as the transport asks for them: the
+/// cursor [`LastCursor::take`] gives right after a result arrives is the cursor of that
+/// result's event. A result made from no event (an error) leaves the slot empty.
+#[derive(Debug, Clone, Default)]
+pub struct LastCursor(Arc<Mutex<Option<String>>>);
+
+impl LastCursor {
+    /// The cursor of the event the latest result was made from, if one was; the slot is then
+    /// empty until the next event.
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().ok()?.take()
+    }
+
+    fn put(&self, cursor: Option<&str>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = cursor.map(str::to_owned);
+        }
+    }
+}
+
+/// Request data: the cursor a subscription resumes after, in place of the document's own
+/// `after` (a reconnecting `EventSource` sends its first request again, with the newest id it
+/// saw as `Last-Event-ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeAfter(pub String);
+
+/// Events of the given types, after the cursor `after` if there is one (the request's
+/// [`ResumeAfter`] if it has one), as GraphQL results; each event's cursor goes to the
+/// request's [`LastCursor`], if it has one, as the event is handed on.
 async fn events_of(
-    hub: &EventHub,
+    ctx: &Context<'_>,
     types: Vec<DetailType>,
     after: Option<String>,
 ) -> async_graphql::Result<
     impl Stream<Item = async_graphql::Result<Arc<BookEvent>>> + Send + 'static + use<>,
 > {
-    let events = hub
+    let after = match ctx.data_opt::<ResumeAfter>() {
+        Some(ResumeAfter(cursor)) => Some(cursor.clone()),
+        None => after,
+    };
+    let last_cursor = ctx.data_opt::<LastCursor>().cloned();
+    let events = hub(ctx)?
         .subscribe(after.as_deref())
         .await
         .map_err(|e| e.extend())?;
@@ -39,6 +80,9 @@ async fn events_of(
             Ok(event) => types.contains(&event.detail_type),
             Err(_) => true,
         };
+        if let (true, Some(last_cursor)) = (keep, &last_cursor) {
+            last_cursor.put(item.as_ref().ok().map(|event| event.cursor.as_str()));
+        }
         std::future::ready(keep.then(|| item.map_err(|e| e.extend())))
     }))
 }
@@ -69,7 +113,7 @@ impl SubscriptionRoot {
             Some(types) => types.into_iter().map(DetailType::from).collect(),
             None => DetailType::ALL.to_vec(),
         };
-        Ok(events_of(hub(ctx)?, types, after)
+        Ok(events_of(ctx, types, after)
             .await?
             .map(|item| item.map(BookEventNode)))
     }
@@ -83,7 +127,7 @@ impl SubscriptionRoot {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
     {
-        books_from_events(hub(ctx)?, DetailType::Added, after).await
+        books_from_events(ctx, DetailType::Added, after).await
     }
 
     /// Books as they are removed, each with its event's id and cursor (removals that carried
@@ -96,18 +140,18 @@ impl SubscriptionRoot {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChangedBookNode>> + use<>>
     {
-        books_from_events(hub(ctx)?, DetailType::Removed, after).await
+        books_from_events(ctx, DetailType::Removed, after).await
     }
 }
 
 async fn books_from_events(
-    hub: &EventHub,
+    ctx: &Context<'_>,
     detail_type: DetailType,
     after: Option<String>,
 ) -> async_graphql::Result<
     impl Stream<Item = async_graphql::Result<ChangedBookNode>> + Send + 'static + use<>,
 > {
-    Ok(events_of(hub, vec![detail_type], after)
+    Ok(events_of(ctx, vec![detail_type], after)
         .await?
         .filter_map(|item| {
             std::future::ready(match item {

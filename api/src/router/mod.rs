@@ -7,8 +7,12 @@
 //! - `health`: the `/health` route.
 //! - `websocket`: subscriptions at `/graphql/ws`: the pump between a WebSocket and the
 //!   schema, with keep-alive pings and the per-connection subscription limit.
+//! - `sse`: GraphQL over Server-Sent Events at `/graphql/stream` (GET and POST, `graphql-sse`'s
+//!   distinct connections mode): a `next` event each result, its `id` the cursor of its event,
+//!   `Last-Event-ID` to resume after one, then `complete`; keep-alive comments; no mutations.
 //! - `origin`: the origins `--allow-origin` lets in besides this server's own (the WebSocket
-//!   handshake and CORS); `cors`: the CORS layer, installed only when origins are listed.
+//!   handshake, the event stream and CORS); `cors`: the CORS layer, installed only when origins
+//!   are listed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +32,15 @@ mod health;
 mod http;
 mod origin;
 mod responses;
+mod sse;
 mod websocket;
 
 pub use graphiql::BasePath;
 pub(crate) use origin::parse_origin;
 
 /// The API's routes: GraphiQL at `/`, GraphQL at `/graphql` (GET and POST), subscriptions at
-/// `/graphql/ws` (`graphql-transport-ws`, and the legacy `graphql-ws`), and `/health`.
+/// `/graphql/ws` (`graphql-transport-ws`, and the legacy `graphql-ws`), GraphQL over
+/// Server-Sent Events at `/graphql/stream` (GET and POST), and `/health`.
 pub fn router(schema: ApiSchema) -> Router {
     router_with(schema, &ApiOptions::default())
 }
@@ -81,6 +87,12 @@ fn routes(
                 .layer(DefaultBodyLimit::max(options.max_body_bytes)),
         )
         .route("/graphql/ws", get(websocket::subscribe))
+        .route(
+            "/graphql/stream",
+            get(sse::stream)
+                .post(sse::stream)
+                .layer(DefaultBodyLimit::max(options.max_body_bytes)),
+        )
         .route("/health", get(health::health))
         .with_state(AppState {
             schema,
@@ -100,16 +112,17 @@ fn routes(
     ))
 }
 
-/// What every route shares: the schema, the WebSocket settings and the document cache.
+/// What every route shares: the schema, the subscriptions' settings and the document cache.
 #[derive(Clone)]
 struct AppState {
     schema: ApiSchema,
+    /// How often idle subscriptions hear from the server (a ping, a keep-alive comment).
     keepalive: Duration,
     /// What one WebSocket connection may do (the same limits as on AWS).
     connection_limits: crate::limits::connection::ConnectionLimits,
     /// The largest WebSocket message or frame (the HTTP body limit).
     max_message_bytes: usize,
-    /// The origins besides this server's own whose pages may open a socket.
+    /// The origins besides this server's own whose pages may open a socket or a stream.
     allowed_origins: Arc<origin::AllowedOrigins>,
     documents: Arc<documents::Documents>,
     /// Catalogue answers, when the store tells the catalogue's version.

@@ -16,6 +16,8 @@
 //!   dead-letter.
 //! - [`faults`]: fault injection for tests and drills (off by default; the `--fault-…` flags).
 //! - [`cli`]: the `dead-letters` subcommands: list, show, redrive.
+//! - [`metrics`]: `/metrics` in the Prometheus text format: the pipeline's counters, and the
+//!   stream reader's lag, the queues' depth and the open subscriptions read when scraped.
 //! - [`hosts`]: a server on a loopback address answers only for loopback host names (DNS
 //!   rebinding).
 //! - [`stack`]: the wiring, its [`stack::Settings`] (also the command line's flags), and
@@ -28,5 +30,6 @@ pub mod cli;
 pub mod embedded;
 pub mod faults;
 pub mod hosts;
+pub mod metrics;
 pub mod stack;
 pub mod stream;

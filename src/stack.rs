@@ -173,10 +173,11 @@ pub async fn run(
         tracing::warn!(?faults, "fault injection is on");
     }
     let activity_store: Arc<dyn consumers::ActivityStore> = activity.clone();
-    let routes = Route::consumers(&activity_store)
+    let routes: Vec<Route> = Route::consumers(&activity_store)
         .into_iter()
         .map(|route| faulty_route(route, faults))
         .collect();
+    let consumers = routes.iter().map(|route| route.name.clone()).collect();
     let bus = Arc::new(
         LocalBus::new(
             Arc::clone(&db),
@@ -213,11 +214,19 @@ pub async fn run(
     let schema = api::build_schema_with(
         books.clone(),
         activity,
-        hub,
+        hub.clone(),
         Some(dead_letters),
         &settings.api,
     );
     let mut app = api::router::router_with_catalogue(schema, &settings.api, books);
+    if let Some(recorder) = crate::metrics::recorder() {
+        app = app.merge(crate::metrics::route(
+            recorder,
+            Arc::clone(&db),
+            hub,
+            consumers,
+        ));
+    }
     let address = listener.local_addr()?;
     if address.ip().is_loopback() {
         app = crate::hosts::only_local_hosts(app, &settings.api.allowed_origins);

@@ -21,6 +21,8 @@
 //!   the API's command-line flags.
 //! - [`limits`]: what a document may ask: how deep it nests (introspection's `ofType` chains
 //!   count nothing) and whether it introspects; [`limits::DocumentLimits`] refuses the rest.
+//! - [`metrics`]: what the API counts (mutations by outcome), and [`metrics::MutationMetrics`],
+//!   the schema extension that counts them.
 //! - [`introspection`]: introspection answered for this schema (no borrowed description).
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
@@ -43,6 +45,7 @@ pub mod events;
 pub mod gateway;
 pub mod introspection;
 pub mod limits;
+pub mod metrics;
 mod operation;
 pub mod options;
 pub mod router;

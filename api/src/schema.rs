@@ -30,6 +30,7 @@ fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .extension(ErrorCodes)
         .extension(SchemaDescription)
+        .extension(crate::metrics::MutationMetrics)
 }
 
 /// Builds the schema over the given stores, with subscriptions fed by `events` and the

@@ -9,12 +9,14 @@
 //! - [`poison`]: the [`PoisonRecords`] port where a record that can never be mapped is set
 //!   aside, whole (an SQS queue on AWS, the stream's dead letters locally).
 //! - `sqs` (feature `aws`): `SqsPoisonRecords`, the processor Lambda's poison queue.
+//! - [`metrics`]: what it counts (events published, records set aside).
 //! - [`handle_batch`]: the function the processor Lambda and the local stream reader both call:
 //!   a batch in, `batchItemFailures` out.
 
 #[cfg(feature = "aws")]
 pub mod eventbridge;
 pub mod mapping;
+pub mod metrics;
 pub mod poison;
 pub mod publisher;
 #[cfg(feature = "aws")]
@@ -80,6 +82,7 @@ pub async fn handle_batch(
         }
     };
     for event in &outbox[..published] {
+        metrics::published(event.detail_type);
         tracing::info!(
             event_id = %event.envelope.metadata.event_id,
             detail_type = %event.detail_type,
@@ -96,12 +99,15 @@ pub async fn handle_batch(
         let sequence_number = record.change.sequence_number.as_deref().unwrap_or("-");
         let reason = error.to_string();
         match poison.set_aside(record, &reason).await {
-            Ok(()) => tracing::error!(
-                event_id = %record.event_id,
-                sequence_number,
-                %reason,
-                "stream record cannot be mapped to an event; set aside with the whole record"
-            ),
+            Ok(()) => {
+                metrics::dead_lettered("stream");
+                tracing::error!(
+                    event_id = %record.event_id,
+                    sequence_number,
+                    %reason,
+                    "stream record cannot be mapped to an event; set aside with the whole record"
+                );
+            }
             Err(error) => {
                 tracing::warn!(
                     event_id = %record.event_id,

@@ -119,6 +119,7 @@ impl LocalBus {
         let (delivered, failed) = deliver_in_order(route, heads).await;
         // The previous batch's dequeue has had this batch's time to commit.
         position.dequeued().await?;
+        counted(&route.name, "delivered", delivered.len());
         let Some((head, error)) = failed else {
             if let Some(&last) = delivered.last() {
                 position.after = last;
@@ -155,6 +156,8 @@ impl LocalBus {
                     bus_queue::dequeue(conn, &[id])
                 })
                 .await?;
+            counted(&route.name, "dead_lettered", 1);
+            processor::metrics::dead_lettered("bus");
             position.after = id;
             return Ok(Some(Duration::ZERO));
         }
@@ -165,6 +168,8 @@ impl LocalBus {
                 bus_queue::failed(conn, id, attempts, &error.message)
             })
             .await?;
+        counted(&route.name, "retried", 1);
+        metrics::counter!(crate::metrics::RETRIES, "source" => "bus").increment(1);
         position.after = id - 1;
         let backoff = domain::Backoff {
             first: self.options.first_backoff,
@@ -250,6 +255,18 @@ impl QueuePosition {
             Some(write) => write.await,
             None => Ok(()),
         }
+    }
+}
+
+/// Counts `count` deliveries to `consumer` that ended in `outcome`.
+fn counted(consumer: &str, outcome: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!(
+            crate::metrics::DELIVERIES,
+            "consumer" => consumer.to_owned(),
+            "outcome" => outcome
+        )
+        .increment(count as u64);
     }
 }
 

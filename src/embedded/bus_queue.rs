@@ -87,3 +87,11 @@ pub fn count(conn: &Connection) -> Result<u64, DbError> {
         .prepare_cached("SELECT count(*) FROM bus_queue")?
         .query_row([], |row| row.get(0))?)
 }
+
+/// How many deliveries are queued for each target that has any.
+pub fn count_by_target(conn: &Connection) -> Result<Vec<(String, u64)>, DbError> {
+    let mut statement =
+        conn.prepare_cached("SELECT target, count(*) FROM bus_queue GROUP BY target")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

@@ -253,6 +253,7 @@ impl<H: BatchHandler> StreamReader<H> {
                 seq: record.seq,
                 attempts: 1,
             };
+            retried();
             tracing::warn!(event_id = %record.event_id, "stream record failed; retrying");
             return Ok(Step::Advanced(done));
         }
@@ -266,6 +267,7 @@ impl<H: BatchHandler> StreamReader<H> {
         let age_ms = chrono::Utc::now().timestamp_millis() - record.created_at_ms;
         let max_age_ms = i64::try_from(self.options.max_record_age.as_millis()).unwrap_or(i64::MAX);
         if age_ms <= max_age_ms {
+            retried();
             tracing::warn!(
                 event_id = %record.event_id,
                 attempts = failing.attempts,
@@ -290,6 +292,7 @@ impl<H: BatchHandler> StreamReader<H> {
                 save_checkpoint(conn, seq)
             })
             .await?;
+        processor::metrics::dead_lettered("stream");
         *failing = Failing::default();
         Ok(Step::Advanced(seq))
     }
@@ -318,6 +321,11 @@ fn first_failure(response: &DynamoDbEventResponse, records: &[StoredRecord]) -> 
                 .unwrap_or(0)
         })
         .min()
+}
+
+/// Counts a stream record that failed and will be tried again.
+fn retried() {
+    metrics::counter!(crate::metrics::RETRIES, "source" => "stream").increment(1);
 }
 
 /// Sleeps for `duration` unless shut down first; false when shut down.

@@ -168,3 +168,13 @@ test('Last-Event-ID resumes after the last id seen: exactly the events made mean
     await removeBook(third);
   }
 });
+
+// On AWS the api Lambda answers only once it is done, so it serves no event stream: the route is
+// not there (and no subscription holds a function until its timeout). Locally it is.
+test('the event stream is served where a response can stream, and only there', async () => {
+  const response = await fetch(`${BASE}/graphql/stream?query=${encodeURIComponent('{ __typename }')}`, {
+    headers: { accept: 'text/event-stream', ...authorization() },
+  });
+  await response.body?.cancel();
+  assert.equal(response.status, LOCAL_ONLY ? 404 : 200);
+});

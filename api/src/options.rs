@@ -135,6 +135,11 @@ pub struct ApiOptions {
     /// WebSocket API's URL (an HTTP API cannot upgrade to a WebSocket).
     #[arg(skip)]
     pub graphiql_subscriptions_url: Option<String>,
+    /// Whether `/graphql/stream` (GraphQL over Server-Sent Events) is served. Not by the api
+    /// Lambda: behind API Gateway it answers only once the handler is done, so a stream would
+    /// hold the function until its timeout.
+    #[arg(skip = true)]
+    pub event_stream: bool,
     /// Whether mutations need a [`WriteGrant`] from an authorizer in front of the API (on AWS,
     /// unless everyone may write).
     #[arg(skip)]
@@ -184,6 +189,7 @@ impl Default for ApiOptions {
             graphiql: true,
             auth_token: None,
             graphiql_subscriptions_url: None,
+            event_stream: true,
             allowed_origins: Vec::new(),
             writes_need_grant: false,
         }

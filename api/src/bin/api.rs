@@ -39,6 +39,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     // WebSocket API instead, so this hub has no publisher.
     let options = api::ApiOptions {
         graphiql_subscriptions_url: config.websocket_url,
+        // API Gateway's Lambda integration buffers the whole response: no event stream.
+        event_stream: false,
         writes_need_grant: config.public_access != PublicAccess::All,
         ..api::ApiOptions::default()
     };

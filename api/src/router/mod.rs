@@ -86,13 +86,18 @@ fn routes(
                 .post(http::graphql)
                 .layer(DefaultBodyLimit::max(options.max_body_bytes)),
         )
-        .route("/graphql/ws", get(websocket::subscribe))
-        .route(
+        .route("/graphql/ws", get(websocket::subscribe));
+    let router = if options.event_stream {
+        router.route(
             "/graphql/stream",
             get(sse::stream)
                 .post(sse::stream)
                 .layer(DefaultBodyLimit::max(options.max_body_bytes)),
         )
+    } else {
+        router
+    };
+    let router = router
         .route("/health", get(health::health))
         .with_state(AppState {
             schema,

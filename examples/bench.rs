@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- writes     # durable addBook/s at 1, 8, 32, 128 clients vs the store's raw add
 //! cargo run --release --example bench -- latency    # addBook ack → activity committed and → a WebSocket subscriber, p50/p95/p99/max
 //! cargo run --release --example bench -- fanout     # 5,000 WebSocket subscribers: addBook ack → the last one has it
+//! cargo run --release --example bench -- replay     # 100,000 events replayed after a cursor (log, hub, WebSocket); a slow subscriber caught up
 //! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build --profile lambda)
 //! ```
 
@@ -30,8 +31,9 @@ async fn main() {
         "writes" => writes().await,
         "latency" => latency().await,
         "fanout" => fanout().await,
+        "replay" => replay().await,
         "lambda" => lambda().await,
-        _ => eprintln!("usage: bench mapping|writes|latency|fanout|lambda"),
+        _ => eprintln!("usage: bench mapping|writes|latency|fanout|replay|lambda"),
     }
 }
 
@@ -169,7 +171,16 @@ async fn writes() {
 /// Durable `EmbeddedBookStore::add` calls per second from `tasks` concurrent tasks.
 async fn raw_adds(tasks: usize, per_task: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let db = outboxdemo::embedded::Db::open(dir.path()).unwrap();
+    raw_adds_into(
+        outboxdemo::embedded::Db::open(dir.path()).unwrap(),
+        tasks,
+        per_task,
+    )
+    .await
+}
+
+/// [`raw_adds`] into `db`: `tasks × per_task` books, each a committed change.
+async fn raw_adds_into(db: Arc<outboxdemo::embedded::Db>, tasks: usize, per_task: usize) -> f64 {
     let store = Arc::new(outboxdemo::embedded::EmbeddedBookStore::new(db));
     let started = Instant::now();
     let workers: Vec<_> = (0..tasks)
@@ -236,8 +247,13 @@ impl Watch {
     }
 }
 
-/// A `graphql-transport-ws` subscriber to `bookAdded` that marks when each book arrives.
-async fn subscribe(url: &str, watch: Arc<Watch>) -> tokio::task::JoinHandle<()> {
+/// A WebSocket on which a `graphql-transport-ws` subscription runs.
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a `graphql-transport-ws` connection to the API at `url`, waits for its ack and
+/// subscribes (as id 1) with `query`. With `receive_buffer`, the socket's kernel receive
+/// buffer is that many bytes instead of growing as Linux sees fit.
+async fn open_subscription(url: &str, query: &str, receive_buffer: Option<u32>) -> Socket {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
@@ -248,7 +264,15 @@ async fn subscribe(url: &str, watch: Arc<Watch>) -> tokio::task::JoinHandle<()> 
         "Sec-WebSocket-Protocol",
         "graphql-transport-ws".parse().unwrap(),
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(bytes) = receive_buffer {
+        tcp.set_recv_buffer_size(bytes).unwrap();
+    }
+    let address = request.uri().authority().unwrap().as_str().parse().unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(request, tcp.connect(address).await.unwrap())
+            .await
+            .unwrap();
     socket
         .send(Message::text(
             json!({"type": "connection_init"}).to_string(),
@@ -265,11 +289,19 @@ async fn subscribe(url: &str, watch: Arc<Watch>) -> tokio::task::JoinHandle<()> 
     }
     socket
         .send(Message::text(
-            json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { bookAdded { name } }"}})
-                .to_string(),
+            json!({"id": "1", "type": "subscribe", "payload": {"query": query}}).to_string(),
         ))
         .await
         .unwrap();
+    socket
+}
+
+/// A `graphql-transport-ws` subscriber to `bookAdded` that marks when each book arrives.
+async fn subscribe(url: &str, watch: Arc<Watch>) -> tokio::task::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut socket = open_subscription(url, "subscription { bookAdded { name } }", None).await;
     tokio::spawn(async move {
         while let Some(Ok(message)) = socket.next().await {
             let Message::Text(text) = message else {
@@ -386,6 +418,25 @@ async fn latency() {
     }
 }
 
+/// Waits until `/health` of the API at `url` counts exactly `open` subscriptions.
+async fn wait_for_subscriptions(client: &reqwest::Client, url: &str, open: usize) {
+    let health = url.replace("/graphql", "/health");
+    loop {
+        let status: Value = client
+            .get(&health)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["subscriptions"].as_u64() == Some(open as u64) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How many subscribers the fan-out benchmark opens.
 const FANOUT_SUBSCRIBERS: usize = 5_000;
 
@@ -459,7 +510,6 @@ async fn fanout() {
     let dir = tempfile::tempdir().unwrap();
     let (url, stop, task) = spawn(dir.path()).await;
     let ws = format!("{}/ws", url.replace("http://", "ws://"));
-    let health = url.replace("/graphql", "/health");
     let arrivals = Arc::new(FanoutArrivals::default());
     let opening = Instant::now();
     for _ in 0..FANOUT_SUBSCRIBERS / 250 {
@@ -471,20 +521,7 @@ async fn fanout() {
         }
     }
     let client = reqwest::Client::new();
-    loop {
-        let status: Value = client
-            .get(&health)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["subscriptions"].as_u64() == Some(FANOUT_SUBSCRIBERS as u64) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_subscriptions(&client, &url, FANOUT_SUBSCRIBERS).await;
     println!(
         "{FANOUT_SUBSCRIBERS} subscribers open in {:.1?}",
         opening.elapsed()
@@ -526,6 +563,258 @@ async fn fanout() {
     );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// How many committed changes the replay benchmark fills its store with.
+const REPLAY_EVENTS: usize = 100_000;
+
+/// The cursor before every event: resuming after it replays the whole stream.
+const START: &str = "000000000000000000000";
+
+/// What the replay's WebSocket subscribers select: the whole event (about 300 bytes a frame).
+const WHOLE_EVENT: &str =
+    "eventId cursor type occurredAt bookName book { name authors publishedYear }";
+
+/// How many books the slow subscriber's writers add.
+const SLOW_BOOKS: usize = 20_000;
+
+/// The slow subscriber's kernel receive buffer (Linux doubles it). Left to grow, the two
+/// sockets' buffers hold megabytes of frames before the hub's buffer sees any backlog.
+const SLOW_RECEIVE_BUFFER: u32 = 16 * 1024;
+
+/// Replay after a cursor: in process (the log, the hub), then over the stack's WebSocket, then
+/// a subscriber too slow for its live buffer, caught up from the log.
+async fn replay() {
+    let catch_ups = count_catch_ups();
+    let dir = tempfile::tempdir().unwrap();
+    replay_in_process(dir.path()).await;
+    let (url, stop, task) = spawn(dir.path()).await;
+    replay_over_websocket(&url, &catch_ups).await;
+    slow_subscriber(&url, &catch_ups).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// How many times the hub caught a subscriber up from the log so far.
+struct CatchUps(Arc<std::sync::atomic::AtomicUsize>);
+
+impl CatchUps {
+    fn so_far(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The hub's only debug event is the one it logs when a subscriber fell behind its buffer and
+/// is caught up from the log (api/src/events.rs).
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CatchUps {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::DEBUG {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Installs a [`CatchUps`] as the process's only tracing subscriber.
+fn count_catch_ups() -> CatchUps {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let count = Arc::default();
+    let hub = tracing_subscriber::filter::Targets::new()
+        .with_target("api::events", tracing::Level::DEBUG);
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(CatchUps(Arc::clone(&count)).with_filter(hub)),
+    )
+    .unwrap();
+    CatchUps(count)
+}
+
+/// Fills `dir` with [`REPLAY_EVENTS`] changes, then reads them all through the log, a page at
+/// a time, and through a hub's subscription after [`START`]: no network.
+async fn replay_in_process(dir: &std::path::Path) {
+    let db = outboxdemo::embedded::Db::open(dir).unwrap();
+    let rate = raw_adds_into(Arc::clone(&db), 100, REPLAY_EVENTS / 100).await;
+    println!("filled: {REPLAY_EVENTS} raw adds from 100 tasks, {rate:.0}/s");
+
+    let log = outboxdemo::stream::EmbeddedEventLog(db);
+    let until = REPLAY_EVENTS as api::Position;
+    let (mut after, mut events, mut pages) = (0, 0, Vec::new());
+    let started = Instant::now();
+    while after < until {
+        let page_started = Instant::now();
+        let page = api::EventLog::read(&log, after, until, 256).await.unwrap();
+        pages.push(page_started.elapsed());
+        events += page.events.len();
+        after = page.through;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(events, REPLAY_EVENTS);
+    println!(
+        "EmbeddedEventLog::read: {events} events in {elapsed:.2?}, {:.0} events/s",
+        events as f64 / elapsed.as_secs_f64()
+    );
+    report("  a page of 256 records", &mut pages);
+
+    let hub = api::EventHub::with_log(256, Arc::new(log), until);
+    let started = Instant::now();
+    let mut events = hub.subscribe(Some(START)).await.unwrap();
+    let mut last = 0;
+    for _ in 0..REPLAY_EVENTS {
+        let event = futures_util::StreamExt::next(&mut events).await.unwrap();
+        let position = event.unwrap().position().unwrap();
+        assert!(position > last);
+        last = position;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "EventHub::subscribe(after {START}): {REPLAY_EVENTS} events in {elapsed:.2?}, {:.0} events/s",
+        REPLAY_EVENTS as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// The next event's data on a `bookEvents` subscription, answering pings on the way.
+async fn next_event(socket: &mut Socket) -> Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("no message within 30 s")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let mut message: Value = serde_json::from_str(&text).unwrap();
+        match message["type"].as_str() {
+            Some("next") if message["payload"].get("errors").is_none() => {
+                return message["payload"]["data"]["bookEvents"].take();
+            }
+            Some("ping") => socket
+                .send(Message::text(json!({"type": "pong"}).to_string()))
+                .await
+                .unwrap(),
+            _ => panic!("{message}"),
+        }
+    }
+}
+
+/// An event's cursor as its position in the stream.
+fn position(event: &Value) -> api::Position {
+    api::events::parse_cursor(event["cursor"].as_str().unwrap()).unwrap()
+}
+
+/// The stack's reader starts from its checkpoint, 0: first the processor publishes the
+/// [`REPLAY_EVENTS`] (a live subscriber sees the last one) and the consumers record them. Then,
+/// on a quiet stack, a subscriber after [`START`] is replayed all of them.
+async fn replay_over_websocket(url: &str, catch_ups: &CatchUps) {
+    let started = Instant::now();
+    let mut live =
+        open_subscription(url, "subscription { bookEvents { cursor bookName } }", None).await;
+    let last_book = loop {
+        let mut event = next_event(&mut live).await;
+        if position(&event) == REPLAY_EVENTS as api::Position {
+            break event["bookName"].take();
+        }
+    };
+    let published = started.elapsed();
+    live.close(None).await.unwrap();
+    println!(
+        "the stack published the {REPLAY_EVENTS} from its checkpoint in {published:.1?}, {:.0} events/s (a live subscriber saw the last; caught up from the log {} times)",
+        REPLAY_EVENTS as f64 / published.as_secs_f64(),
+        catch_ups.so_far()
+    );
+    let client = reqwest::Client::new();
+    let newest = json!({"query": "{ activity(first: 1) { nodes { bookName } } }"});
+    loop {
+        let body: Value = client
+            .post(url)
+            .json(&newest)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["data"]["activity"]["nodes"][0]["bookName"] == last_book {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "… and its consumers had recorded them {:.1?} after the start",
+        started.elapsed()
+    );
+
+    let opened = Instant::now();
+    let query = format!(r#"subscription {{ bookEvents(after: "{START}") {{ {WHOLE_EVENT} }} }}"#);
+    let mut replaying = open_subscription(url, &query, None).await;
+    let (mut first, mut last) = (None, 0);
+    for _ in 0..REPLAY_EVENTS {
+        let position = position(&next_event(&mut replaying).await);
+        first.get_or_insert_with(|| opened.elapsed());
+        assert!(position > last);
+        last = position;
+    }
+    let elapsed = opened.elapsed();
+    replaying.close(None).await.unwrap();
+    println!(
+        "bookEvents(after: {START}) over the WebSocket: {REPLAY_EVENTS} events in {elapsed:.2?}, {:.0} events/s; connect → first event {:.2?}",
+        REPLAY_EVENTS as f64 / elapsed.as_secs_f64(),
+        first.unwrap()
+    );
+}
+
+/// 8 clients add [`SLOW_BOOKS`] over HTTP while one subscriber sleeps 1 ms before reading each
+/// event, slower than they write: it must get each event once, in order, caught up from the
+/// log once it has fallen behind its buffer.
+async fn slow_subscriber(url: &str, catch_ups: &CatchUps) {
+    let query = format!("subscription {{ bookEvents {{ {WHOLE_EVENT} }} }}");
+    let mut socket = open_subscription(url, &query, Some(SLOW_RECEIVE_BUFFER)).await;
+    wait_for_subscriptions(&reqwest::Client::new(), url, 1).await;
+    let caught_up_before = catch_ups.so_far();
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut last = REPLAY_EVENTS as api::Position;
+        for _ in 0..SLOW_BOOKS {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let position = position(&next_event(&mut socket).await);
+            assert!(position > last, "{position} after {last}");
+            last = position;
+        }
+        (Instant::now(), last)
+    });
+
+    let clients = 8;
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for i in 0..SLOW_BOOKS / clients {
+                    add(&client, &url, &format!("slow {c}-{i}")).await;
+                }
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut answered = started;
+    for worker in workers {
+        answered = answered.max(worker.await.unwrap());
+    }
+    let (got_last, last) = reader.await.unwrap();
+    // Strictly increasing, SLOW_BOOKS of them, from after REPLAY_EVENTS to this: each once.
+    assert_eq!(last, (REPLAY_EVENTS + SLOW_BOOKS) as api::Position);
+    let (writing, reading) = (answered - started, got_last - started);
+    println!(
+        "{clients} clients added {SLOW_BOOKS} in {writing:.1?}, {:.0}/s; a subscriber sleeping 1 ms before each event read all {SLOW_BOOKS} in order, each once (cursors {} to {last}), in {reading:.1?}, {:.0}/s; caught up from the log {} times; last answer → its last event {:.1?}",
+        SLOW_BOOKS as f64 / writing.as_secs_f64(),
+        REPLAY_EVENTS + 1,
+        SLOW_BOOKS as f64 / reading.as_secs_f64(),
+        catch_ups.so_far() - caught_up_before,
+        got_last.saturating_duration_since(answered),
+    );
 }
 
 fn report(what: &str, samples: &mut [Duration]) {

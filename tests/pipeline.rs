@@ -388,6 +388,7 @@ fn outbox_event(detail_type: DetailType, name: &str, event_id: &str) -> OutboxEv
                 sequence_number: "1".into(),
                 occurred_at: chrono::Utc::now(),
                 version: 1,
+                cursor: None,
             },
             data: BookSnapshot::from(book(name)),
         },

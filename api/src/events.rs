@@ -40,7 +40,8 @@ const LOG_PAGE: usize = 256;
 pub struct BookEvent {
     /// The event's `metadata.eventId`.
     pub event_id: String,
-    /// The event's `metadata.sequenceNumber`: its position in the change stream.
+    /// Its position among all events: `metadata.cursor` where the events are journaled (AWS),
+    /// else `metadata.sequenceNumber` (the local stream's, one total order already).
     pub cursor: String,
     /// What happened.
     pub detail_type: DetailType,
@@ -53,11 +54,12 @@ pub struct BookEvent {
 impl BookEvent {
     /// The event an envelope of this detail type describes.
     pub fn new(detail_type: DetailType, envelope: Envelope) -> Self {
+        let metadata = envelope.metadata;
         Self {
-            event_id: envelope.metadata.event_id,
-            cursor: envelope.metadata.sequence_number,
+            cursor: metadata.cursor.unwrap_or(metadata.sequence_number),
+            event_id: metadata.event_id,
             detail_type,
-            occurred_at: envelope.metadata.occurred_at,
+            occurred_at: metadata.occurred_at,
             book: envelope.data,
         }
     }

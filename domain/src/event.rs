@@ -68,6 +68,20 @@ pub struct Metadata {
     pub occurred_at: DateTime<Utc>,
     /// The envelope version, [`ENVELOPE_VERSION`].
     pub version: u32,
+    /// The event's position in the journal of every published event (on AWS, where stream
+    /// sequence numbers order only the records of one shard), which subscriptions resume
+    /// after; absent where `sequenceNumber` is that position already (the local stream). Added
+    /// within version 1: a field readers that do not know it ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Metadata {
+    /// The event's position among all published events: its `cursor`, else its
+    /// `sequenceNumber`.
+    pub fn position(&self) -> &str {
+        self.cursor.as_deref().unwrap_or(&self.sequence_number)
+    }
 }
 
 /// The book an event is about: the whole book, except that a `removed` event whose stream

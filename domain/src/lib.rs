@@ -7,6 +7,8 @@
 //! - [`event`]: the event contract that consumers depend on: source, detail types and the
 //!   metadata/data envelope.
 //! - [`activity`]: what a consumer records when it has reacted to an event.
+//! - [`journal`]: the layout of the journal table, where the processor on AWS gives every
+//!   event it publishes a position of one total order.
 //! - [`backoff`]: [`Backoff`], the one rule for how long a retry waits.
 
 pub mod activity;
@@ -14,6 +16,7 @@ pub mod backoff;
 pub mod book;
 pub mod event;
 pub mod item;
+pub mod journal;
 
 pub use activity::ActivityEntry;
 pub use backoff::Backoff;

@@ -6,6 +6,9 @@
 //!   AWS, the local bus in the local stack).
 //! - `eventbridge` (feature `aws`): `EventBridgePublisher`, the publisher the processor
 //!   Lambda uses. The local stack builds without it, and so without the AWS SDK.
+//! - [`journal`]: the [`Journal`] port, where each event gets its position among all published
+//!   events before it is published ([`Journaled`]); on AWS the journal table
+//!   (`dynamo_journal`, feature `aws`), which subscriptions resume from.
 //! - [`poison`]: the [`PoisonRecords`] port where a record that can never be mapped is set
 //!   aside, whole (an SQS queue on AWS, the stream's dead letters locally).
 //! - `sqs` (feature `aws`): `SqsPoisonRecords`, the processor Lambda's poison queue.
@@ -14,7 +17,10 @@
 //!   a batch in, `batchItemFailures` out.
 
 #[cfg(feature = "aws")]
+pub mod dynamo_journal;
+#[cfg(feature = "aws")]
 pub mod eventbridge;
+pub mod journal;
 pub mod mapping;
 pub mod metrics;
 pub mod poison;
@@ -26,7 +32,10 @@ use aws_lambda_events::dynamodb::Event;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 
 #[cfg(feature = "aws")]
+pub use dynamo_journal::DynamoJournal;
+#[cfg(feature = "aws")]
 pub use eventbridge::EventBridgePublisher;
+pub use journal::{Journal, JournalError, Journaled};
 pub use mapping::{MappingError, OutboxEvent, map_record};
 pub use poison::{PoisonRecord, PoisonRecords, SetAsideError};
 pub use publisher::{EventPublisher, PublishError};

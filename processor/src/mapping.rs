@@ -106,6 +106,7 @@ pub fn map_record(record: &EventRecord) -> Result<OutboxEvent, MappingError> {
                 sequence_number,
                 occurred_at: change.approximate_creation_date_time,
                 version: ENVELOPE_VERSION,
+                cursor: None,
             },
             data,
         },

@@ -116,3 +116,23 @@ pub async fn create_connections_table(client: &Client, table: &str) -> anyhow::R
         .await?;
     Ok(())
 }
+
+/// Creates a journal table (key `part` + `position` (N), rows expiring on `expiresAt`).
+pub async fn create_journal_table(client: &Client, table: &str) -> anyhow::Result<()> {
+    client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute("part")?)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("position")
+                .attribute_type(ScalarAttributeType::N)
+                .build()?,
+        )
+        .key_schema(key("part", KeyType::Hash)?)
+        .key_schema(key("position", KeyType::Range)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await?;
+    Ok(())
+}

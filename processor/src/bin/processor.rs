@@ -1,9 +1,9 @@
-//! The `processor` Lambda: DynamoDB stream batches in, EventBridge events out.
+//! The `processor` Lambda: DynamoDB stream batches in, journaled, EventBridge events out.
 
 use aws_lambda_events::dynamodb::Event;
 use clap::Parser;
 use lambda_runtime::{LambdaEvent, service_fn};
-use processor::{EventBridgePublisher, SqsPoisonRecords};
+use processor::{DynamoJournal, EventBridgePublisher, Journaled, SqsPoisonRecords};
 
 /// Configuration, from the environment.
 #[derive(Debug, Parser)]
@@ -14,6 +14,9 @@ struct Config {
     /// The SQS queue that records the processor can never map are set aside in, whole.
     #[arg(long, env = "POISON_QUEUE_URL")]
     poison_queue_url: String,
+    /// The journal table, where each event gets its position before it is published.
+    #[arg(long, env = "JOURNAL_TABLE_NAME")]
+    journal_table_name: String,
 }
 
 #[tokio::main]
@@ -21,9 +24,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
-    let publisher = EventBridgePublisher::new(
-        aws_sdk_eventbridge::Client::new(&aws),
-        config.event_bus_name,
+    let publisher = Journaled::new(
+        DynamoJournal::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            config.journal_table_name,
+        ),
+        EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(&aws),
+            config.event_bus_name,
+        ),
     );
     let poison = SqsPoisonRecords::new(aws_sdk_sqs::Client::new(&aws), config.poison_queue_url);
     let (publisher, poison) = (&publisher, &poison);

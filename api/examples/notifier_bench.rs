@@ -412,6 +412,7 @@ async fn environment(table: &str, management: &str, queue: &str) {
         api: &api,
         queue: &queue,
         options: FanoutOptions::default(),
+        pump: None,
     };
     // Blocking reads: between invocations an environment does nothing else.
     use std::io::{BufRead, Write};

@@ -182,7 +182,15 @@ enum Source {
     Live(Arc<Live>),
     /// Exactly these events, then the end: how a stored subscription is run against one
     /// event on AWS, and how a document is checked without any.
-    Replay(Arc<[Arc<BookEvent>]>),
+    Replay(Arc<Replay>),
+}
+
+#[derive(Debug)]
+struct Replay {
+    events: Arc<[Arc<BookEvent>]>,
+    /// For a subscription that resumes after a cursor: these events are those after it, and
+    /// the cursor asked for is kept here. `None`: a cursor is refused (no log).
+    after: Option<std::sync::Mutex<Option<String>>>,
 }
 
 #[derive(Debug)]
@@ -259,10 +267,37 @@ impl EventHub {
         }
     }
 
-    /// A hub whose every subscription sees exactly `events` and then ends.
+    /// A hub whose every subscription sees exactly `events` and then ends; one that asks for
+    /// the events after a cursor is refused (`UNAVAILABLE`).
     pub fn replay(events: Vec<BookEvent>) -> Self {
+        Self::replaying(events, None)
+    }
+
+    /// A hub whose every subscription sees exactly `events` and then ends, with or without a
+    /// cursor: the events are the ones after it. The cursor asked for is kept
+    /// ([`asked_after`](Self::asked_after)). How a subscription that resumed is run against
+    /// the journal's events on AWS, and how its document is checked.
+    pub fn resumed(events: Vec<BookEvent>) -> Self {
+        Self::replaying(events, Some(std::sync::Mutex::new(None)))
+    }
+
+    fn replaying(events: Vec<BookEvent>, after: Option<std::sync::Mutex<Option<String>>>) -> Self {
         Self {
-            source: Source::Replay(events.into_iter().map(Arc::new).collect()),
+            source: Source::Replay(Arc::new(Replay {
+                events: events.into_iter().map(Arc::new).collect(),
+                after,
+            })),
+        }
+    }
+
+    /// The cursor a subscription on a [`resumed`](Self::resumed) hub asked to resume after.
+    pub fn asked_after(&self) -> Option<String> {
+        match &self.source {
+            Source::Replay(replay) => replay
+                .after
+                .as_ref()
+                .and_then(|after| after.lock().ok()?.clone()),
+            Source::Live(_) => None,
         }
     }
 
@@ -298,11 +333,16 @@ impl EventHub {
     ) -> Result<BoxStream<'static, Result<Arc<BookEvent>, ApiError>>, ApiError> {
         let live = match &self.source {
             Source::Live(live) => live,
-            Source::Replay(events) => {
-                if after.is_some() {
-                    return Err(no_log());
+            Source::Replay(replay) => {
+                if let Some(after) = after {
+                    let Some(asked) = &replay.after else {
+                        return Err(no_log());
+                    };
+                    if let Ok(mut asked) = asked.lock() {
+                        *asked = Some(after.to_owned());
+                    }
                 }
-                let events = Arc::clone(events);
+                let events = Arc::clone(&replay.events);
                 return Ok(futures_util::stream::iter(
                     (0..events.len()).map(move |i| Ok(Arc::clone(&events[i]))),
                 )

@@ -4,8 +4,11 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 
+use std::time::Duration;
+
 use api::gateway::{
-    DynamoConnectionStore, FanoutOptions, ManagementApi, Notifier, SqsDeliveryQueue,
+    DynamoConnectionStore, DynamoJournal, FanoutOptions, ManagementApi, Notifier, Pump,
+    SqsDeliveryQueue,
 };
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::SqsEvent;
@@ -25,6 +28,9 @@ struct Config {
     /// The fan-out queue's URL.
     #[arg(long, env = "FANOUT_QUEUE_URL")]
     fanout_queue_url: String,
+    /// The journal of published events, delivered to the subscriptions that resumed.
+    #[arg(long, env = "JOURNAL_TABLE_NAME")]
+    journal_table_name: String,
     /// Posts in flight at once, per invocation.
     #[arg(long, env = "NOTIFIER_CONCURRENCY", default_value = "64")]
     concurrency: NonZeroUsize,
@@ -48,6 +54,21 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let api = ManagementApi::new(&aws, &config.websocket_endpoint);
     let queue = SqsDeliveryQueue::from_sdk_config(&aws, config.fanout_queue_url);
     let schema = api::schema::subscription_schema();
+    let journal = DynamoJournal::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        config.journal_table_name,
+    );
+    // A third of the function's 30 s timeout (template.yaml) per pump, then a queued message
+    // goes on: far from the timeout, and from the lease's minute.
+    let pump = Pump {
+        schema: &schema,
+        journal: &journal,
+        ordered: &connections,
+        connections: &connections,
+        api: &api,
+        queue: &queue,
+        budget: Duration::from_secs(10),
+    };
     let notifier = Notifier {
         schema: &schema,
         connections: &connections,
@@ -57,6 +78,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             concurrency: config.concurrency.get(),
             batch_size: config.batch_size.get(),
         },
+        pump: Some(pump),
     };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         // An SQS event is `{"Records": [...]}`; an EventBridge event has none.

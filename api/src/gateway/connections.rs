@@ -12,9 +12,11 @@ use domain::DetailType;
 use serde_json::Value;
 
 use super::{
-    Added, ConnectionState, ConnectionStore, GatewayError, IndexPage, ROW_LIFETIME_SECS,
-    StoredSubscription,
+    Added, ConnectionState, ConnectionStore, GatewayError, IndexPage, OrderedPage,
+    OrderedSubscription, OrderedSubscriptions, ROW_LIFETIME_SECS, StoredSubscription,
+    SubscriptionKey,
 };
+use crate::events::Position;
 use crate::limits::connection::{MessageRate, TokenBucket};
 use crate::sdk::error_text;
 
@@ -56,6 +58,8 @@ pub const SHARDS: u32 = 4;
 const CONNECTION_ROW: &str = "connection";
 const SUBSCRIPTION_PREFIX: &str = "sub#";
 const INDEX_ROW_PREFIX: &str = "on#";
+/// The partitions of the subscriptions that resumed: `ordered#<shard>`, one row each.
+const ORDERED_PREFIX: &str = "ordered#";
 /// The most items one BatchWriteItem call takes.
 const BATCH_WRITE_MAX: usize = 25;
 /// How often unprocessed deletes are sent again before the close fails: BatchWriteItem hands
@@ -155,6 +159,17 @@ fn fnv1a(text: &str) -> u32 {
     })
 }
 
+/// The key of the row of `connection_id`'s subscription `id` in its ordered partition.
+fn ordered_key(connection_id: &str, id: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            "connectionId".to_owned(),
+            s(format!("{ORDERED_PREFIX}{}", fnv1a(connection_id) % SHARDS)),
+        ),
+        ("sk".to_owned(), s(format!("{connection_id}#{id}"))),
+    ])
+}
+
 fn index_row_sk(detail_type: DetailType, id: &str) -> String {
     format!("{INDEX_ROW_PREFIX}{detail_type}#{id}")
 }
@@ -247,6 +262,53 @@ impl DynamoConnectionStore {
             "{} rows still unprocessed after {BATCH_WRITE_TRIES} tries",
             deletes.len()
         )))
+    }
+
+    /// Stores a subscription's rows (its `sub#` row first, on the condition that there is
+    /// none) with its count, in one transaction whose conditions hold the count to `max`.
+    async fn add_rows(
+        &self,
+        connection_id: &str,
+        rows: Vec<HashMap<String, AttributeValue>>,
+        max: usize,
+    ) -> Result<Added, GatewayError> {
+        let count = Update::builder()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("sk", s(CONNECTION_ROW))
+            .update_expression("SET subscriptions = if_not_exists(subscriptions, :zero) + :one")
+            .condition_expression(
+                "attribute_exists(sk) AND (attribute_not_exists(subscriptions) OR subscriptions < :max)",
+            )
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max))
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let mut transaction = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(count).build());
+        for (i, row) in rows.into_iter().enumerate() {
+            let mut put = Put::builder().table_name(&self.table).set_item(Some(row));
+            if i == 0 {
+                put = put.condition_expression("attribute_not_exists(sk)");
+            }
+            let put = put
+                .build()
+                .map_err(|e| GatewayError::Table(e.to_string()))?;
+            transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        let result = transaction.send().await;
+        match result {
+            Ok(_) => Ok(Added::Stored),
+            Err(error) => match failed_conditions(&error).as_deref() {
+                // A duplicate first, as the local socket (async-graphql) answers it.
+                Some([_, true, ..]) => Ok(Added::Duplicate),
+                Some([true, ..]) => Ok(Added::TooMany),
+                _ => Err(table_error(error)),
+            },
+        }
     }
 
     fn expires_at() -> AttributeValue {
@@ -380,46 +442,8 @@ impl ConnectionStore for DynamoConnectionStore {
         detail_types: &[DetailType],
         max: usize,
     ) -> Result<Added, GatewayError> {
-        let count = Update::builder()
-            .table_name(&self.table)
-            .key("connectionId", s(&subscription.connection_id))
-            .key("sk", s(CONNECTION_ROW))
-            .update_expression("SET subscriptions = if_not_exists(subscriptions, :zero) + :one")
-            .condition_expression(
-                "attribute_exists(sk) AND (attribute_not_exists(subscriptions) OR subscriptions < :max)",
-            )
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":max", n(max))
-            .build()
-            .map_err(|e| GatewayError::Table(e.to_string()))?;
-        let mut transaction = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(count).build());
-        for (i, row) in Self::subscription_rows(subscription, detail_types)
-            .into_iter()
-            .enumerate()
-        {
-            let mut put = Put::builder().table_name(&self.table).set_item(Some(row));
-            if i == 0 {
-                put = put.condition_expression("attribute_not_exists(sk)");
-            }
-            let put = put
-                .build()
-                .map_err(|e| GatewayError::Table(e.to_string()))?;
-            transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
-        }
-        let result = transaction.send().await;
-        match result {
-            Ok(_) => Ok(Added::Stored),
-            Err(error) => match failed_conditions(&error).as_deref() {
-                // A duplicate first, as the local socket (async-graphql) answers it.
-                Some([_, true, ..]) => Ok(Added::Duplicate),
-                Some([true, ..]) => Ok(Added::TooMany),
-                _ => Err(table_error(error)),
-            },
-        }
+        let rows = Self::subscription_rows(subscription, detail_types);
+        self.add_rows(&subscription.connection_id, rows, max).await
     }
 
     async fn remove(&self, connection_id: &str, id: &str) -> Result<(), GatewayError> {
@@ -439,11 +463,17 @@ impl ConnectionStore for DynamoConnectionStore {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| GatewayError::Table(e.to_string()))?;
+        let ordered = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(ordered_key(connection_id, id)))
+            .build()
+            .map_err(|e| GatewayError::Table(e.to_string()))?;
         let mut transaction = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().update(count).build());
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .transact_items(TransactWriteItem::builder().delete(ordered).build());
         // Its index rows, under whichever types it was stored (deleting a row that is not
         // there is no error).
         for detail_type in DetailType::ALL {
@@ -472,11 +502,25 @@ impl ConnectionStore for DynamoConnectionStore {
             .table_name(&self.table)
             .key_condition_expression("connectionId = :id")
             .expression_attribute_values(":id", s(connection_id))
-            .projection_expression("connectionId, sk")
+            .projection_expression("connectionId, sk, ordered")
             .into_paginator()
             .send();
         while let Some(page) = pages.try_next().await.map_err(table_error)? {
-            for chunk in page.items().chunks(BATCH_WRITE_MAX) {
+            // A subscription that resumed has a row in an ordered partition too.
+            let keys: Vec<HashMap<String, AttributeValue>> = page
+                .items()
+                .iter()
+                .flat_map(|row| {
+                    let mut key = row.clone();
+                    key.remove("ordered");
+                    let ordered = row.get("ordered").and(text(row, "sk")).and_then(|sk| {
+                        let id = sk.strip_prefix(SUBSCRIPTION_PREFIX)?;
+                        Some(ordered_key(connection_id, id))
+                    });
+                    std::iter::once(key).chain(ordered)
+                })
+                .collect();
+            for chunk in keys.chunks(BATCH_WRITE_MAX) {
                 let deletes = chunk
                     .iter()
                     .map(|key| {
@@ -549,4 +593,151 @@ fn start_key(cursor: &str, key: &str) -> Result<HashMap<String, AttributeValue>,
         .into_iter()
         .map(|(name, value)| (name, s(value)))
         .collect())
+}
+
+/// Subscriptions that resumed: a row each in a partition `ordered#<shard>` of the same table
+/// (key `<connection>#<id>`), read consistently, with `deliveredThrough` and the pump's lease
+/// (`lease`, `leaseUntil` in epoch milliseconds). The subscription's `sub#` row names it
+/// (`ordered`), so that `complete` and `$disconnect` remove it with the rest.
+#[async_trait]
+impl OrderedSubscriptions for DynamoConnectionStore {
+    async fn add_ordered(
+        &self,
+        subscription: &StoredSubscription,
+        after: Position,
+        max: usize,
+    ) -> Result<Added, GatewayError> {
+        let mut rows = Self::subscription_rows(subscription, &[]);
+        let key = ordered_key(&subscription.connection_id, &subscription.id);
+        let mut ordered = rows[0].clone();
+        rows[0].insert("ordered".to_owned(), key["connectionId"].clone());
+        ordered.extend(key);
+        ordered.insert("subscriber".to_owned(), s(&subscription.connection_id));
+        ordered.insert("deliveredThrough".to_owned(), n(after));
+        rows.push(ordered);
+        self.add_rows(&subscription.connection_id, rows, max).await
+    }
+
+    fn ordered_shards(&self) -> u32 {
+        SHARDS
+    }
+
+    async fn ordered_page(
+        &self,
+        shard: u32,
+        after: Option<&str>,
+    ) -> Result<OrderedPage, GatewayError> {
+        let partition = format!("{ORDERED_PREFIX}{shard}");
+        let start = after
+            .map(|after| {
+                let key: HashMap<String, String> = serde_json::from_str(after).map_err(|_| {
+                    GatewayError::MalformedEvent(format!("not a cursor of {partition}: {after}"))
+                })?;
+                Ok::<_, GatewayError>(key.into_iter().map(|(k, v)| (k, s(v))).collect())
+            })
+            .transpose()?;
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("connectionId = :partition")
+            .expression_attribute_values(":partition", s(partition))
+            .projection_expression("connectionId, sk, subscriber, subscriptionId")
+            .consistent_read(true)
+            .set_limit(self.page_size)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(table_error)?;
+        Ok(OrderedPage {
+            subscriptions: page
+                .items()
+                .iter()
+                .filter_map(|row| {
+                    Some(SubscriptionKey {
+                        connection_id: text(row, "subscriber")?.to_owned(),
+                        id: text(row, "subscriptionId")?.to_owned(),
+                    })
+                })
+                .collect(),
+            next: page.last_evaluated_key().map(cursor),
+        })
+    }
+
+    async fn lease(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<OrderedSubscription>, GatewayError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(ordered_key(&key.connection_id, &key.id)))
+            .update_expression("SET lease = :token, leaseUntil = :until")
+            .condition_expression(
+                "attribute_exists(sk) AND (attribute_not_exists(lease) OR leaseUntil < :now)",
+            )
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(output.attributes().and_then(|row| {
+                let mut row = row.clone();
+                // The request as its `sub#` row holds it, under the real connection id.
+                row.insert("connectionId".to_owned(), s(&key.connection_id));
+                Some(OrderedSubscription {
+                    delivered_through: number(&row, "deliveredThrough")?,
+                    subscription: stored(&row)?,
+                })
+            })),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(table_error(error)),
+        }
+    }
+
+    async fn advance(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        through: Position,
+    ) -> Result<bool, GatewayError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(ordered_key(&key.connection_id, &key.id)))
+            .update_expression("SET deliveredThrough = :through")
+            .condition_expression("lease = :token")
+            .expression_attribute_values(":through", n(through))
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        written(result, |e| e.is_conditional_check_failed_exception())
+    }
+
+    async fn release(&self, key: &SubscriptionKey, token: &str) -> Result<(), GatewayError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(ordered_key(&key.connection_id, &key.id)))
+            .update_expression("REMOVE lease, leaseUntil")
+            .condition_expression("lease = :token")
+            .expression_attribute_values(":token", s(token))
+            .send()
+            .await;
+        written(result, |e| e.is_conditional_check_failed_exception()).map(|_| ())
+    }
 }

@@ -18,4 +18,7 @@ pub enum GatewayError {
     /// The event is not one the notifier understands.
     #[error("malformed event: {0}")]
     MalformedEvent(String),
+    /// The journal could not be read.
+    #[error("journal: {0}")]
+    Journal(String),
 }

@@ -31,10 +31,13 @@ use crate::events::{BookEvent, EventHub};
 mod connections;
 mod error;
 #[cfg(feature = "aws")]
+mod journal;
+#[cfg(feature = "aws")]
 mod management;
 mod notify;
 pub mod ports;
 mod protocol;
+mod pump;
 #[cfg(feature = "aws")]
 mod queue;
 #[cfg(test)]
@@ -45,13 +48,18 @@ mod topics;
 pub use connections::{DynamoConnectionStore, SHARDS, SUBSCRIBED_TO_INDEX};
 pub use error::GatewayError;
 #[cfg(feature = "aws")]
+pub use journal::DynamoJournal;
+#[cfg(feature = "aws")]
 pub use management::ManagementApi;
 pub use notify::{FanoutOptions, Notified, Notifier};
 pub use ports::{
     Added, CarriedResults, ConnectionSender, ConnectionState, ConnectionStore, Delivery,
-    DeliveryBatch, DeliveryQueue, FanoutMessage, IndexPage, ReadOn, StoredSubscription,
+    DeliveryBatch, DeliveryQueue, FanoutMessage, IndexPage, Journal, OrderedPage,
+    OrderedSubscription, OrderedSubscriptions, PumpMessage, ReadOn, StoredSubscription,
+    SubscriptionKey,
 };
-pub use protocol::handle_message;
+pub use protocol::{Resume, handle_message};
+pub use pump::{LEASE, Pump, Pumped};
 #[cfg(feature = "aws")]
 pub use queue::SqsDeliveryQueue;
 pub use topics::detail_types;

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::{
     CarriedResults, ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue,
-    FanoutMessage, GatewayError, ReadOn, StoredSubscription, run_against,
+    FanoutMessage, GatewayError, Pump, ReadOn, StoredSubscription, SubscriptionKey, run_against,
 };
 use crate::ApiSchema;
 use crate::events::BookEvent;
@@ -104,6 +104,8 @@ pub struct Notifier<'a> {
     pub queue: &'a dyn DeliveryQueue,
     /// How the fan-out is split.
     pub options: FanoutOptions,
+    /// Delivery to subscriptions that resumed after a cursor, when there is a journal.
+    pub pump: Option<Pump<'a>>,
 }
 
 impl std::fmt::Debug for Notifier<'_> {
@@ -310,6 +312,11 @@ impl Notifier<'_> {
                 notified.queued += 1;
             }
         }
+        if let Some(pump) = &self.pump {
+            // The event is in the journal: every subscription that resumed is delivered to
+            // through it (and whatever came before that it was not yet given).
+            notified.sent += pump.pump_all(self.options.concurrency).await?;
+        }
         tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
             executed = notified.executed, queued = notified.queued, read_on = notified.read_on,
             "subscribers notified");
@@ -417,6 +424,28 @@ impl Notifier<'_> {
         Ok(read)
     }
 
+    /// Pumps the subscriptions the messages name, at most [`FanoutOptions::concurrency`] at
+    /// once: what each sent, or the id of its message when it failed.
+    async fn pump_each(&self, pumps: Vec<(SubscriptionKey, String)>) -> Vec<Result<usize, String>> {
+        stream::iter(pumps)
+            .map(|(key, message_id)| async move {
+                let Some(pump) = &self.pump else {
+                    tracing::error!(%message_id, "a pump message, but the notifier has no journal");
+                    return Err(message_id);
+                };
+                match pump.pump(&key).await {
+                    Ok(pumped) => Ok(pumped.sent),
+                    Err(error) => {
+                        tracing::warn!(%message_id, connection_id = %key.connection_id, id = %key.id, %error, "could not pump");
+                        Err(message_id)
+                    }
+                }
+            })
+            .buffer_unordered(self.options.concurrency.max(1))
+            .collect()
+            .await
+    }
+
     /// Goes on with one read of the index an invocation left: its next page, run and queued
     /// as [`notify`](Self::notify) does with the first pages (but never posted here).
     async fn read_on(&self, read_on: ReadOn) -> Result<Notified, GatewayError> {
@@ -446,6 +475,7 @@ impl Notifier<'_> {
         let mut batches = Vec::new();
         let mut ids = Vec::new();
         let mut reads_on = Vec::new();
+        let mut pumps = Vec::new();
         let mut failures = Vec::new();
         for record in event.records {
             let Some(message_id) = record.message_id else {
@@ -458,6 +488,7 @@ impl Notifier<'_> {
                     ids.push(message_id);
                 }
                 Ok(FanoutMessage::ReadOn(read_on)) => reads_on.push((read_on, message_id)),
+                Ok(FanoutMessage::Pump(message)) => pumps.push((message.pump, message_id)),
                 Err(error) => {
                     // Left in the queue: after maxReceiveCount it is in the DLQ, whole.
                     tracing::error!(code = "MALFORMED_BATCH", %message_id, %error, "not a fan-out message");
@@ -477,8 +508,15 @@ impl Notifier<'_> {
             })
             .buffer_unordered(reads)
             .collect::<Vec<_>>();
-        let ((posted, failed), read_results) = futures_util::join!(self.post(&batches), reading);
+        let ((posted, failed), read_results, pumped) =
+            futures_util::join!(self.post(&batches), reading, self.pump_each(pumps));
         let mut notified = posted;
+        for result in pumped {
+            match result {
+                Ok(sent) => notified.sent += sent,
+                Err(message_id) => failures.push(message_id),
+            }
+        }
         for (read, message_id) in read_results {
             match read {
                 Ok(read) => {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::GatewayError;
+use crate::events::{EventLog, LogError, Position};
 use crate::limits::connection::MessageRate;
 
 /// A subscription as stored: which connection, which id, and the request to run.
@@ -214,7 +215,8 @@ pub struct CarriedResults {
     pub payloads: Vec<Value>,
 }
 
-/// One message of the fan-out queue: posts to make, or a read of the index to go on with.
+/// One message of the fan-out queue: posts to make, a read of the index to go on with, or a
+/// subscription that resumed to deliver the journal to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FanoutMessage {
@@ -222,6 +224,97 @@ pub enum FanoutMessage {
     ReadOn(ReadOn),
     /// Post these deliveries.
     Batch(DeliveryBatch),
+    /// Deliver the journal to a subscription that resumed, from where it is.
+    Pump(PumpMessage),
+}
+
+/// A subscription that resumed, for the notifier to deliver the journal to
+/// ([`Pump`](super::Pump)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PumpMessage {
+    /// Which subscription.
+    pub pump: SubscriptionKey,
+}
+
+/// A subscription's key: its connection and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionKey {
+    /// The API Gateway connection id.
+    pub connection_id: String,
+    /// The client's id for the subscription.
+    pub id: String,
+}
+
+/// The journal of every published event, in one total order (on AWS, the journal table the
+/// processor writes): what a subscription that resumed is delivered from.
+#[async_trait]
+pub trait Journal: EventLog {
+    /// The last position given out: every entry up to it is in the journal.
+    async fn head(&self) -> Result<Position, LogError>;
+}
+
+/// A subscription that resumed after a cursor, as stored: delivered from the journal, in its
+/// order, by one pump at a time, which holds its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderedSubscription {
+    /// The subscription.
+    pub subscription: StoredSubscription,
+    /// The position of the last event it has been delivered (or skipped, when its filters
+    /// keep nothing of it).
+    pub delivered_through: Position,
+}
+
+/// One page of the subscriptions that resumed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderedPage {
+    /// Their keys.
+    pub subscriptions: Vec<SubscriptionKey>,
+    /// Where the partition goes on; `None` after its last page.
+    pub next: Option<String>,
+}
+
+/// Where subscriptions that resumed are kept, with how far each has been delivered and who is
+/// delivering to it. Read consistently: a subscription stored is found by the next read.
+#[async_trait]
+pub trait OrderedSubscriptions: Send + Sync {
+    /// Stores a subscription that resumes after `after`, as [`ConnectionStore::add`] stores
+    /// one (the count and the limit alike), but found only through
+    /// [`ordered_page`](Self::ordered_page), never through the index of live subscriptions.
+    async fn add_ordered(
+        &self,
+        subscription: &StoredSubscription,
+        after: Position,
+        max: usize,
+    ) -> Result<Added, GatewayError>;
+    /// How many partitions hold them.
+    fn ordered_shards(&self) -> u32;
+    /// One page of partition `shard`: its first for `after: None`.
+    async fn ordered_page(
+        &self,
+        shard: u32,
+        after: Option<&str>,
+    ) -> Result<OrderedPage, GatewayError>;
+    /// Takes the subscription's lease for `token` until `until_ms`, when nobody holds it or
+    /// its holder's time ran out (`now_ms`): the subscription, or `None` when another holds it
+    /// or it is gone.
+    async fn lease(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<OrderedSubscription>, GatewayError>;
+    /// Records that the subscription has been delivered everything through `through`, while
+    /// `token` holds its lease; false when it does not (any more).
+    async fn advance(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        through: Position,
+    ) -> Result<bool, GatewayError>;
+    /// Lets the lease go, if `token` holds it.
+    async fn release(&self, key: &SubscriptionKey, token: &str) -> Result<(), GatewayError>;
 }
 
 /// Where the notifier puts the part of a fan-out it leaves to other invocations; each message

@@ -5,10 +5,13 @@ use async_graphql::parser::types::OperationType;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use serde_json::{Value, json};
 
+use futures_util::StreamExt;
+
 use super::{
-    Added, ConnectionSender, ConnectionStore, GatewayError, PROTOCOL, StoredSubscription,
-    detail_types, run_against,
+    Added, ConnectionSender, ConnectionStore, DeliveryQueue, FanoutMessage, GatewayError, Journal,
+    OrderedSubscriptions, PROTOCOL, PumpMessage, StoredSubscription, SubscriptionKey, detail_types,
 };
+use crate::events::{EventHub, parse_cursor};
 use crate::limits::connection::{self, ConnectionLimits, INVALID_SUBSCRIPTION_ID};
 use crate::operation::operation_type;
 use crate::{ApiError, ApiSchema};
@@ -17,6 +20,25 @@ fn respond(status: i64) -> ApiGatewayProxyResponse {
     let mut response = ApiGatewayProxyResponse::default();
     response.status_code = status;
     response
+}
+
+/// What resuming a subscription after a cursor takes: the journal the cursor is checked
+/// against, where subscriptions that resumed are kept, and the queue whose message starts
+/// delivering to one ([`Pump`](super::Pump)). Without it, `after` is refused (`UNAVAILABLE`).
+#[derive(Clone, Copy)]
+pub struct Resume<'a> {
+    /// The journal of published events.
+    pub journal: &'a dyn Journal,
+    /// The subscriptions that resumed.
+    pub ordered: &'a dyn OrderedSubscriptions,
+    /// The fan-out queue.
+    pub queue: &'a dyn DeliveryQueue,
+}
+
+impl std::fmt::Debug for Resume<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume").finish_non_exhaustive()
+    }
 }
 
 /// Handles one WebSocket route invocation: `$connect`, `$disconnect` or a message (`$default`).
@@ -32,6 +54,7 @@ pub async fn handle_message(
     connections: &dyn ConnectionStore,
     api: &dyn ConnectionSender,
     limits: &ConnectionLimits,
+    resume: Option<Resume<'_>>,
 ) -> Result<ApiGatewayProxyResponse, GatewayError> {
     let context = &request.request_context;
     let Some(connection_id) = context.connection_id.clone() else {
@@ -72,6 +95,7 @@ pub async fn handle_message(
                 connections,
                 api,
                 limits,
+                resume,
             };
             client.on_message(body).await?;
             Ok(respond(200))
@@ -86,6 +110,7 @@ struct Client<'a> {
     connections: &'a dyn ConnectionStore,
     api: &'a dyn ConnectionSender,
     limits: &'a ConnectionLimits,
+    resume: Option<Resume<'a>>,
 }
 
 impl Client<'_> {
@@ -174,7 +199,15 @@ impl Client<'_> {
         }
         // Checked with the very schema that will run it, against no events: a document that
         // does not parse or validate (or is over a limit) answers with its errors right away.
-        let errors: Vec<Value> = run_against(self.schema, subscription.request(), Vec::new())
+        // The hub notes the cursor it asks to resume after, if any.
+        let hub = match self.resume {
+            Some(_) => EventHub::resumed(Vec::new()),
+            None => EventHub::replay(Vec::new()),
+        };
+        let errors: Vec<Value> = self
+            .schema
+            .execute_stream(subscription.request().data(hub.clone()))
+            .collect::<Vec<_>>()
             .await
             .into_iter()
             .flat_map(|response| response.errors)
@@ -185,12 +218,56 @@ impl Client<'_> {
                 .send(&json!({"type": "error", "id": id, "payload": errors}))
                 .await;
         }
+        if let (Some(resume), Some(after)) = (self.resume, hub.asked_after()) {
+            return self.resume(resume, &subscription, &after).await;
+        }
         let detail_types = detail_types(&subscription);
-        match self
+        let added = self
             .connections
             .add(&subscription, &detail_types, max)
-            .await?
-        {
+            .await?;
+        self.added(id, added).await
+    }
+
+    /// Stores a subscription that resumes after the cursor `after` and starts delivering the
+    /// journal to it, once the cursor is known to be one the journal still holds the events
+    /// after (refused as the local server refuses it: `BAD_USER_INPUT`, `CURSOR_EXPIRED`).
+    async fn resume(
+        &self,
+        resume: Resume<'_>,
+        subscription: &StoredSubscription,
+        after: &str,
+    ) -> Result<(), GatewayError> {
+        let id = subscription.id.as_str();
+        let Some(position) = parse_cursor(after) else {
+            let error = ApiError::bad_input("after", "not a cursor: use the cursor of an event");
+            return self.error(id, &error).await;
+        };
+        if let Err(error) = resume.journal.read(position, position, 1).await {
+            return self.error(id, &ApiError::from(error)).await;
+        }
+        let max = self.limits.max_subscriptions;
+        let added = resume
+            .ordered
+            .add_ordered(subscription, position, max)
+            .await?;
+        if added == Added::Stored {
+            let key = SubscriptionKey {
+                connection_id: subscription.connection_id.clone(),
+                id: subscription.id.clone(),
+            };
+            resume
+                .queue
+                .enqueue(&FanoutMessage::Pump(PumpMessage { pump: key }), 0)
+                .await?;
+        }
+        self.added(id, added).await
+    }
+
+    /// Answers what storing subscription `id` did.
+    async fn added(&self, id: &str, added: Added) -> Result<(), GatewayError> {
+        let max = self.limits.max_subscriptions;
+        match added {
             Added::Stored => {
                 tracing::info!(connection_id = self.connection_id, id, "subscribed");
                 Ok(())

@@ -211,6 +211,7 @@ impl Gateway {
             &self.connections,
             &self.sender,
             &self.limits,
+            None,
         )
         .await
         .unwrap()
@@ -318,6 +319,7 @@ async fn the_notifier_serves_every_subscriber_and_drops_gone_ones() {
         api: &g.sender,
         queue: &queue,
         options: FanoutOptions::default(),
+        pump: None,
     };
     let notified = notifier.notify(event).await.unwrap();
     let Notified {
@@ -388,6 +390,7 @@ async fn a_failing_delivery_is_queued_again_with_backoff_then_left_to_sqs() {
         api: &Failing,
         queue: &queue,
         options: FanoutOptions::default(),
+        pump: None,
     };
     let batch = |attempt: u32| DeliveryBatch {
         event_id: "e1".into(),

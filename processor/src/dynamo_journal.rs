@@ -28,10 +28,10 @@ const MAX_BATCH_GET_KEYS: usize = 100;
 /// Tries of one transaction before the batch goes back to the stream. Another shard's
 /// processor taking the same head makes a try fail (its condition, or a
 /// TransactionConflict), and so does throttling; both pass.
-const TRIES: u32 = 8;
+const TRIES: u32 = 16;
 const BACKOFF: Backoff = Backoff {
     first: Duration::from_millis(20),
-    max: Duration::from_millis(640),
+    max: Duration::from_millis(1000),
 };
 
 /// The journal table. Each batch of events takes the next positions in one transaction that
@@ -121,9 +121,20 @@ impl DynamoJournal {
             .unwrap_or(0))
     }
 
-    /// Journals `events` (none journaled yet, at most [`EVENTS_PER_TRANSACTION`]) after `last`
-    /// in one transaction; `Ok(false)` when a condition failed or another transaction got in
-    /// the way, and nothing was written.
+    /// Journals `events` (at most [`EVENTS_PER_TRANSACTION`]) at the positions after `last`,
+    /// the head as read, in one transaction; `Ok(false)` when a condition failed (the head
+    /// moved, or an event is journaled already) or another transaction got in the way, and
+    /// nothing was written. [`Journal::append`] reads the head and calls it; public for tests of
+    /// the conditions.
+    #[doc(hidden)]
+    pub async fn write_after(
+        &self,
+        events: &[OutboxEvent],
+        last: Position,
+    ) -> Result<bool, JournalError> {
+        self.write(&events.iter().collect::<Vec<_>>(), last).await
+    }
+
     async fn write(&self, events: &[&OutboxEvent], last: Position) -> Result<bool, JournalError> {
         let expires_at = n(chrono_now() + RETENTION_SECS);
         let next = last + events.len() as Position;
@@ -243,7 +254,14 @@ impl Journal for DynamoJournal {
                 .collect();
             positions.extend(self.journaled(&new_ids).await?);
         }
-        Ok(ids.iter().map(|id| positions[*id]).collect())
+        ids.iter()
+            .map(|id| {
+                positions
+                    .get(*id)
+                    .copied()
+                    .ok_or_else(|| JournalError(format!("event {id} has no position")))
+            })
+            .collect()
     }
 }
 

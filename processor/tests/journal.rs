@@ -96,24 +96,28 @@ async fn events_take_dense_positions_in_order_and_keep_them_when_offered_again()
     }
 }
 
+/// The processors of several stream shards share the head, batch after batch: positions stay
+/// dense, each shard's in its order. (Their appends are not run at once here: moto checks a
+/// transaction's conditions and writes its items one by one, with no lock, and restores a copy of
+/// the whole table when one fails, so concurrent transactions corrupt each other there, where
+/// DynamoDB runs them serializably:
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html>.
+/// What makes a concurrent append safe, its conditions, is tested below with a stale head.)
 #[tokio::test]
 async fn processors_of_several_shards_share_the_head_without_a_gap_or_a_double() {
     let endpoint = testing::emulator!();
     let (journal, client, table) = journal(&endpoint).await;
     let shards: Vec<Vec<OutboxEvent>> = (0..4).map(|s| events(&format!("s{s}-"), 30)).collect();
-
-    // Each shard's processor journals its records batch by batch, all at once.
-    let runs = shards.iter().map(|records| {
-        let journal = journal.clone();
-        async move {
-            let mut positions = Vec::new();
-            for batch in records.chunks(5) {
-                positions.extend(journal.append(batch).await.unwrap());
-            }
-            positions
-        }
-    });
-    let per_shard = futures_util::future::join_all(runs).await;
+    let mut per_shard = vec![Vec::new(); shards.len()];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut next = vec![0; shards.len()];
+    while next.iter().zip(&shards).any(|(n, s)| *n < s.len()) {
+        let shard = rng.usize(..shards.len());
+        let from = next[shard];
+        let to = (from + rng.usize(1..=7)).min(shards[shard].len());
+        per_shard[shard].extend(journal.append(&shards[shard][from..to]).await.unwrap());
+        next[shard] = to;
+    }
 
     for positions in &per_shard {
         assert!(
@@ -125,4 +129,26 @@ async fn processors_of_several_shards_share_the_head_without_a_gap_or_a_double()
     all.sort_unstable();
     assert_eq!(all, (1..=120).collect::<Vec<_>>(), "dense, each once");
     assert_eq!(entries(&client, &table).await.len(), 120);
+}
+
+/// A processor whose read of the head is stale (another shard's processor journaled since)
+/// writes nothing: the head's condition fails the whole transaction, and the same goes for an
+/// event journaled meanwhile (its marker's condition). Then it reads again and goes on.
+#[tokio::test]
+async fn a_stale_head_or_an_event_journaled_meanwhile_writes_nothing() {
+    let endpoint = testing::emulator!();
+    let (journal, client, table) = journal(&endpoint).await;
+    journal.append(&events("a", 2)).await.unwrap();
+
+    let stale = journal.write_after(&[event("b")], 1).await.unwrap();
+    assert!(!stale, "a head read before the last transaction");
+    let again = journal.write_after(&[event("a1")], 2).await.unwrap();
+    assert!(!again, "an event journaled already");
+    assert_eq!(entries(&client, &table).await.len(), 2, "nothing written");
+
+    assert_eq!(
+        journal.append(&[event("b"), event("a1")]).await.unwrap(),
+        [3, 2]
+    );
+    assert_eq!(entries(&client, &table).await.len(), 3);
 }

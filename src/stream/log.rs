@@ -281,6 +281,8 @@ mod tests {
         db.write(|conn| checkpoints::save(conn, PROCESSOR, 3))
             .await
             .unwrap();
+        // Older than a retention of zero means committed before this millisecond.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(retention.trim().await.unwrap(), 3);
         assert_eq!(trimmed_through(&db).await.unwrap(), 3);
         let kept = db.read(|conn| stream::after(conn, 0, 10)).await.unwrap();

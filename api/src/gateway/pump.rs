@@ -85,6 +85,9 @@ enum Stop {
 
 impl Pump<'_> {
     /// Pumps every subscription that resumed, `concurrency` at once, each within the budget.
+    /// One whose pump fails (the journal or the table did not answer) is left to a queued
+    /// message, retried by SQS and in the end dead-lettered with the rest of the fan-out, so
+    /// that it does not wait for the next event; only a failure to queue it fails the call.
     pub async fn pump_all(&self, concurrency: usize) -> Result<usize, GatewayError> {
         let mut keys = Vec::new();
         for shard in 0..self.ordered.ordered_shards() {
@@ -99,7 +102,17 @@ impl Pump<'_> {
             }
         }
         let sent = stream::iter(keys)
-            .map(|key| async move { self.pump(&key).await.map(|pumped| pumped.sent) })
+            .map(|key| async move {
+                match self.pump(&key).await {
+                    Ok(pumped) => Ok(pumped.sent),
+                    Err(error) => {
+                        tracing::warn!(connection_id = %key.connection_id, id = %key.id, %error,
+                            "could not pump; queued to try again");
+                        let message = FanoutMessage::Pump(PumpMessage { pump: key });
+                        self.queue.enqueue(&message, 1).await.map(|()| 0)
+                    }
+                }
+            })
             .buffer_unordered(concurrency.max(1))
             .try_fold(0, |total, sent| async move { Ok(total + sent) })
             .await?;

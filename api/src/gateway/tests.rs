@@ -428,3 +428,309 @@ async fn a_failing_delivery_is_queued_again_with_backoff_then_left_to_sqs() {
     assert_eq!(failed, ["m3"]);
     assert!(queue.0.lock().unwrap().is_empty());
 }
+
+/// The journal in memory: event `n` at position `n`. `sneak_in`: an event journaled right
+/// after the head is read twice the same (a pump's last read before it lets its lease go), as
+/// one whose invocation found the lease taken.
+#[derive(Debug, Default)]
+struct MemoryJournal(
+    Mutex<Vec<crate::events::BookEvent>>,
+    Mutex<(Option<i64>, Option<&'static str>)>,
+);
+
+impl MemoryJournal {
+    fn append(&self, name: &str) {
+        let mut events = self.0.lock().unwrap();
+        let position = events.len() as i64 + 1;
+        events.push(crate::events::BookEvent {
+            event_id: name.to_owned(),
+            cursor: domain::journal::cursor(position),
+            detail_type: DetailType::Added,
+            occurred_at: chrono::Utc::now(),
+            book: domain::BookSnapshot::name_only(domain::BookName::parse(name).unwrap()),
+        });
+    }
+}
+
+#[async_trait]
+impl crate::events::EventLog for MemoryJournal {
+    async fn read(
+        &self,
+        after: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<crate::events::LogPage, crate::events::LogError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let events = self.0.lock().unwrap();
+        if after > events.len() as i64 {
+            return Err(crate::events::LogError::Unknown);
+        }
+        let page: Vec<_> = events
+            .iter()
+            .skip(usize::try_from(after).unwrap())
+            .take_while(|e| e.position().unwrap() <= until)
+            .take(limit)
+            .cloned()
+            .collect();
+        let through = page.last().map_or(after, |e| e.position().unwrap());
+        Ok(crate::events::LogPage {
+            events: page,
+            through,
+        })
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    async fn head(&self) -> Result<i64, crate::events::LogError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let head = self.0.lock().unwrap().len() as i64;
+        let mut sneak = self.1.lock().unwrap();
+        if sneak.0 == Some(head)
+            && let Some(name) = sneak.1.take()
+        {
+            self.append(name);
+        }
+        sneak.0 = Some(head);
+        Ok(head)
+    }
+}
+
+/// A subscription that resumed, in memory: how far it was delivered, and its lease.
+struct OrderedRow {
+    subscription: StoredSubscription,
+    through: i64,
+    lease: Option<(String, i64)>,
+}
+
+/// Subscriptions that resumed, whose every operation is atomic (as DynamoDB's conditional
+/// writes are). Each call lets other tasks run first, as a round trip would.
+#[derive(Default)]
+struct MemoryOrdered(Mutex<BTreeMap<(String, String), OrderedRow>>);
+
+fn row_key(key: &SubscriptionKey) -> (String, String) {
+    (key.connection_id.clone(), key.id.clone())
+}
+
+#[async_trait]
+impl OrderedSubscriptions for MemoryOrdered {
+    async fn add_ordered(
+        &self,
+        subscription: &StoredSubscription,
+        after: i64,
+        _max: usize,
+    ) -> Result<Added, GatewayError> {
+        let key = (subscription.connection_id.clone(), subscription.id.clone());
+        let row = OrderedRow {
+            subscription: subscription.clone(),
+            through: after,
+            lease: None,
+        };
+        self.0.lock().unwrap().insert(key, row);
+        Ok(Added::Stored)
+    }
+    fn ordered_shards(&self) -> u32 {
+        1
+    }
+    async fn ordered_page(&self, _: u32, _: Option<&str>) -> Result<OrderedPage, GatewayError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let rows = self.0.lock().unwrap();
+        let subscriptions = rows
+            .keys()
+            .map(|(connection_id, id)| SubscriptionKey {
+                connection_id: connection_id.clone(),
+                id: id.clone(),
+            })
+            .collect();
+        Ok(OrderedPage {
+            subscriptions,
+            next: None,
+        })
+    }
+    async fn lease(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<OrderedSubscription>, GatewayError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let mut rows = self.0.lock().unwrap();
+        let Some(row) = rows.get_mut(&row_key(key)) else {
+            return Ok(None);
+        };
+        if row
+            .lease
+            .as_ref()
+            .is_some_and(|(_, until)| *until >= now_ms)
+        {
+            return Ok(None);
+        }
+        row.lease = Some((token.to_owned(), until_ms));
+        Ok(Some(OrderedSubscription {
+            subscription: row.subscription.clone(),
+            delivered_through: row.through,
+        }))
+    }
+    async fn advance(
+        &self,
+        key: &SubscriptionKey,
+        token: &str,
+        through: i64,
+    ) -> Result<bool, GatewayError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let mut rows = self.0.lock().unwrap();
+        match rows.get_mut(&row_key(key)) {
+            Some(row) if row.lease.as_ref().is_some_and(|(t, _)| t == token) => {
+                row.through = through;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn release(&self, key: &SubscriptionKey, token: &str) -> Result<(), GatewayError> {
+        tokio::task::yield_now().await; // lets pumps interleave at every call
+        let mut rows = self.0.lock().unwrap();
+        if let Some(row) = rows.get_mut(&row_key(key))
+            && row.lease.as_ref().is_some_and(|(t, _)| t == token)
+        {
+            row.lease = None;
+        }
+        Ok(())
+    }
+}
+
+/// Pumps racing for one subscription's lease, on two threads: each event is journaled, then
+/// one to three invocations (the bus's, and its retries) pump every subscription at once, while
+/// others are still pumping. However they interleave, each subscription is posted every event
+/// after its cursor once, in order: a pump that finds the lease taken leaves its event to the
+/// holder, which reads the head again when it lets go. 200 seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_pumps_post_each_event_once_in_order() {
+    let schema = std::sync::Arc::new(crate::schema::subscription_schema());
+    for seed in 0..200 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let journal = std::sync::Arc::new(MemoryJournal::default());
+        let ordered = std::sync::Arc::new(MemoryOrdered::default());
+        let sender = std::sync::Arc::new(RecordingSender::default());
+        let subscribers: Vec<(SubscriptionKey, i64)> = (0..3)
+            .map(|s| {
+                let key = SubscriptionKey {
+                    connection_id: format!("c{s}"),
+                    id: "s".to_owned(),
+                };
+                (key, rng.i64(0..3))
+            })
+            .collect();
+        for (key, after) in &subscribers {
+            let subscription = StoredSubscription {
+                connection_id: key.connection_id.clone(),
+                id: key.id.clone(),
+                query: "subscription { bookEvents(after: \"0\") { cursor } }".to_owned(),
+                variables: Value::Null,
+                operation_name: None,
+            };
+            ordered
+                .add_ordered(&subscription, *after, 20)
+                .await
+                .unwrap();
+        }
+        journal.append("Book0");
+        journal.append("Book1");
+        journal.append("Book2");
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 3..23 {
+            journal.append(&format!("Book{n}"));
+            for _ in 0..rng.usize(1..=3) {
+                let (journal, ordered, sender) = (journal.clone(), ordered.clone(), sender.clone());
+                let schema = schema.clone();
+                let pauses: Vec<bool> = (0..rng.usize(0..12)).map(|_| true).collect();
+                tasks.spawn(async move {
+                    for pause in pauses {
+                        if pause {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    let (connections, queue) =
+                        (MemoryConnections::default(), MemoryQueue::default());
+                    let pump = Pump {
+                        schema: schema.as_ref(),
+                        journal: journal.as_ref(),
+                        ordered: ordered.as_ref(),
+                        connections: &connections,
+                        api: sender.as_ref(),
+                        queue: &queue,
+                        budget: std::time::Duration::from_secs(60),
+                    };
+                    pump.pump_all(4).await.unwrap();
+                    assert!(
+                        queue.0.lock().unwrap().is_empty(),
+                        "nothing left to a message"
+                    );
+                });
+            }
+            for _ in 0..rng.usize(0..12) {
+                tokio::task::yield_now().await;
+            }
+        }
+        while let Some(task) = tasks.join_next().await {
+            task.unwrap();
+        }
+        let sent = sender.sent.lock().unwrap();
+        for (key, after) in &subscribers {
+            let cursors: Vec<String> = sent
+                .iter()
+                .filter(|(connection, _)| *connection == key.connection_id)
+                .map(|(_, m)| {
+                    m["payload"]["data"]["bookEvents"]["cursor"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            let expected: Vec<String> = (after + 1..=23).map(domain::journal::cursor).collect();
+            assert_eq!(cursors, expected, "seed {seed}, {key:?} after {after}");
+        }
+    }
+}
+
+/// An event journaled just as a pump has caught up, whose own invocation found the lease taken
+/// and left it: the holder reads the head again once it has let the lease go, and delivers it.
+#[tokio::test]
+async fn an_event_journaled_as_the_holder_lets_go_is_delivered_by_it() {
+    let journal = MemoryJournal::default();
+    journal.append("Book0");
+    journal.append("Book1");
+    *journal.1.lock().unwrap() = (None, Some("Late"));
+    let ordered = MemoryOrdered::default();
+    let subscription = StoredSubscription {
+        connection_id: "c".to_owned(),
+        id: "s".to_owned(),
+        query: "subscription { bookEvents(after: \"0\") { cursor } }".to_owned(),
+        variables: Value::Null,
+        operation_name: None,
+    };
+    ordered.add_ordered(&subscription, 0, 20).await.unwrap();
+    let (schema, sender) = (
+        crate::schema::subscription_schema(),
+        RecordingSender::default(),
+    );
+    let (connections, queue) = (MemoryConnections::default(), MemoryQueue::default());
+    let pump = Pump {
+        schema: &schema,
+        journal: &journal,
+        ordered: &ordered,
+        connections: &connections,
+        api: &sender,
+        queue: &queue,
+        budget: std::time::Duration::from_secs(60),
+    };
+    let pumped = pump
+        .pump(&SubscriptionKey {
+            connection_id: "c".into(),
+            id: "s".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pumped.sent, 3, "the two events, and the late one");
+}

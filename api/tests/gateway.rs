@@ -1389,3 +1389,69 @@ async fn chaos(endpoint: &str, seed: u64) {
         );
     }
 }
+
+/// Marks the journal's entries at `positions` expired a second ago, as TTL would have them (it
+/// deletes within days, so readers go by `expiresAt`).
+async fn expire(f: &Fixture, positions: std::ops::RangeInclusive<i64>) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let past = chrono::Utc::now().timestamp() - 1;
+    for position in positions {
+        f.dynamodb
+            .update_item()
+            .table_name(&f.journal_table)
+            .key(
+                "part",
+                AttributeValue::S(domain::journal::entries(position)),
+            )
+            .key("position", AttributeValue::N(position.to_string()))
+            .update_expression("SET expiresAt = :past")
+            .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// A cursor older than the journal keeps is refused with CURSOR_EXPIRED, which says after which
+/// cursor to resume and which event is the oldest kept, as locally; resuming there replays the
+/// rest. With every entry expired, it says to resume after the newest.
+#[tokio::test]
+async fn a_cursor_older_than_the_journal_keeps_is_cursor_expired_with_where_to_resume() {
+    let endpoint = testing::emulator!();
+    let f = Fixture::new(&endpoint).await;
+    let mut notifier = f.notifier();
+    notifier.pump = Some(f.pump());
+    let cursor = domain::journal::cursor;
+    for (i, name) in ["Ada", "Bea", "Cy", "Di", "Ed"].into_iter().enumerate() {
+        journaled(&f, "outboxdemo.added", &format!("x{i}"), name).await;
+    }
+    expire(&f, 1..=3).await;
+    f.initialized("x1").await;
+    f.send(message("x1", resuming("old", &cursor(1)))).await;
+    let refused = f.recorder.messages("x1").last().unwrap().clone();
+    assert_eq!(refused["type"], "error", "{refused}");
+    let extensions = &refused["payload"][0]["extensions"];
+    assert_eq!(extensions["code"], "CURSOR_EXPIRED", "{refused}");
+    assert_eq!(extensions["resumeAfter"], json!(cursor(3)));
+    assert_eq!(extensions["oldestCursor"], json!(cursor(4)));
+    assert!(f.stored("x1").await.is_empty(), "nothing stored");
+
+    f.send(message("x1", resuming("new", &cursor(3)))).await;
+    f.drain(&notifier).await;
+    let names: Vec<String> = nexts(&f, "x1", "new")
+        .into_iter()
+        .map(|(_, _, n)| n)
+        .collect();
+    assert_eq!(names, ["Di", "Ed"]);
+
+    expire(&f, 4..=5).await;
+    f.send(message("x1", resuming("gone", &cursor(4)))).await;
+    let refused = f.recorder.messages("x1").last().unwrap().clone();
+    let extensions = &refused["payload"][0]["extensions"];
+    assert_eq!(extensions["code"], "CURSOR_EXPIRED", "{refused}");
+    assert_eq!(extensions["resumeAfter"], json!(cursor(5)));
+    assert!(
+        extensions.get("oldestCursor").is_none_or(Value::is_null),
+        "{refused}"
+    );
+}

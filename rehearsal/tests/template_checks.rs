@@ -317,7 +317,9 @@ fn expected_actions() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         (
             "ProcessorRole",
-            // The stream mapping's polling, PutEvents, the DLQ and the poison queue.
+            // The stream mapping's polling, PutEvents, the DLQ and the poison queue; the
+            // journal (DynamoJournal: markers read, the head read, one transaction of an
+            // Update and conditional Puts).
             with_logs(&[
                 "dynamodb:DescribeStream",
                 "dynamodb:GetRecords",
@@ -325,6 +327,10 @@ fn expected_actions() -> BTreeMap<&'static str, Vec<&'static str>> {
                 "dynamodb:ListStreams",
                 "events:PutEvents",
                 "sqs:SendMessage",
+                "dynamodb:BatchGetItem",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
             ]),
         ),
         // The conditional put, and the on-failure destination.
@@ -338,7 +344,8 @@ fn expected_actions() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         (
             "SubscriptionsRole",
-            // DynamoConnectionStore's every call; POST and DELETE @connections.
+            // DynamoConnectionStore's every call; POST and DELETE @connections; a cursor
+            // checked against the journal (GetItem, Query) and the pump's message (SendMessage).
             with_logs(&[
                 "dynamodb:PutItem",
                 "dynamodb:GetItem",
@@ -347,17 +354,22 @@ fn expected_actions() -> BTreeMap<&'static str, Vec<&'static str>> {
                 "dynamodb:Query",
                 "dynamodb:BatchWriteItem",
                 "execute-api:ManageConnections",
+                "sqs:SendMessage",
             ]),
         ),
         (
             "NotifierRole",
             // subscribed_to (Query on the index), close of a gone connection (Query +
             // BatchWriteItem), POST @connections, the on-failure destination and the fan-out
-            // queue (SendMessage; its event source mapping's polling). No Scan, no DeleteItem,
-            // no DELETE @connections.
+            // queue (SendMessage; its event source mapping's polling); the pump: the journal
+            // (GetItem, Query), the lease and progress (UpdateItem), an expired subscription
+            // removed (DeleteItem in a transaction). No Scan, no DELETE @connections.
             with_logs(&[
                 "dynamodb:Query",
                 "dynamodb:BatchWriteItem",
+                "dynamodb:GetItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
                 "execute-api:ManageConnections",
                 "sqs:SendMessage",
                 "sqs:ReceiveMessage",

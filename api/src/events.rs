@@ -48,6 +48,10 @@ pub struct BookEvent {
     pub occurred_at: DateTime<Utc>,
     /// The book.
     pub book: BookSnapshot,
+    /// The event's `metadata.traceparent`: the trace a delivery continues.
+    pub traceparent: Option<String>,
+    /// The event's `metadata.committedAt`: what delivery latency is measured from.
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 impl BookEvent {
@@ -59,6 +63,8 @@ impl BookEvent {
             detail_type,
             occurred_at: envelope.metadata.occurred_at,
             book: envelope.data,
+            traceparent: envelope.metadata.traceparent,
+            committed_at: envelope.metadata.committed_at,
         }
     }
 }

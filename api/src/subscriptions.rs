@@ -80,6 +80,9 @@ async fn events_of(
             Ok(event) => types.contains(&event.detail_type),
             Err(_) => true,
         };
+        if let (true, Ok(event)) = (keep, &item) {
+            crate::spans::subscription_deliver(event);
+        }
         if let (true, Some(last_cursor)) = (keep, &last_cursor) {
             last_cursor.put(item.as_ref().ok().map(|event| event.cursor.as_str()));
         }

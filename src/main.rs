@@ -60,8 +60,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         LogFormat::Text
     };
-    let provider = subscriber::local_provider();
+    let provider = telemetry::export::provider("outboxdemo")?;
     subscriber::install(format, &provider)?;
+    let result = run(cli).await;
+    telemetry::export::shutdown(provider).await;
+    result
+}
+
+/// Runs the command the command line names.
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Schema) => {
             print!("{}", api::sdl());

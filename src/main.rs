@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use outboxdemo::stack::{self, Settings};
-use telemetry::subscriber::{self, LogFormat};
+use telemetry::Telemetry;
+use telemetry::subscriber::LogFormat;
 use tokio::net::TcpListener;
 
 /// mimalloc rather than the system allocator: the stack allocates on every request, record and
@@ -60,10 +61,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         LogFormat::Text
     };
-    let provider = telemetry::export::provider("outboxdemo")?;
-    subscriber::install(format, &provider)?;
+    let telemetry = Telemetry::install("outboxdemo", format)?;
     let result = run(cli).await;
-    telemetry::export::shutdown(provider).await;
+    telemetry.shutdown().await;
     result
 }
 

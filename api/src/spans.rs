@@ -75,15 +75,15 @@ pub fn store_write(operation: &'static str, name: &BookName) -> (tracing::Span, 
     (span, trace)
 }
 
-/// Marks the hand-over of `event` to one subscription with a `subscription.deliver` span that
-/// continues the event's trace (from the processor's publish), on both targets: the local
-/// stack's hub and the notifier on AWS.
-pub fn subscription_deliver(event: &crate::BookEvent) {
+/// The `subscription.deliver` span of `event`, continuing the event's trace (from the
+/// processor's publish): on AWS the notifier's work for the event runs in it; locally it marks
+/// the hub's hand-over of the event to one subscription.
+pub fn subscription_deliver(event: &crate::BookEvent) -> tracing::Span {
     let span = tracing::info_span!(
         "subscription.deliver",
         event_id = %event.event_id,
         trace_id = tracing::field::Empty,
     );
     telemetry::continue_trace(&span, event.traceparent.as_deref());
-    span.in_scope(|| tracing::debug!(cursor = %event.cursor, "event handed to a subscription"));
+    span
 }

@@ -81,7 +81,9 @@ async fn events_of(
             Err(_) => true,
         };
         if let (true, Ok(event)) = (keep, &item) {
-            crate::spans::subscription_deliver(event);
+            crate::spans::subscription_deliver(event).in_scope(|| {
+                tracing::debug!(cursor = %event.cursor, "event handed to a subscription");
+            });
         }
         if let (true, Some(last_cursor)) = (keep, &last_cursor) {
             last_cursor.put(item.as_ref().ok().map(|event| event.cursor.as_str()));

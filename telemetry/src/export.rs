@@ -62,19 +62,6 @@ pub fn provider(service: &'static str) -> Result<SdkTracerProvider, ExportError>
         .build())
 }
 
-/// Ends the provider's work: its last spans are exported (when it exports). It blocks, so it
-/// runs on a blocking thread, leaving the runtime free for the export's request.
-pub async fn shutdown(provider: SdkTracerProvider) {
-    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-}
-
-/// Exports what the provider holds now, and waits for it (a Lambda invocation's end: the
-/// environment may be frozen after it, with the batch unsent). Blocking, as [`shutdown`].
-pub async fn flush(provider: &SdkTracerProvider) {
-    let provider = provider.clone();
-    let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
-}
-
 /// An HTTP client whose requests run on the Tokio runtime it was made in. The SDK's batch
 /// processor exports from a thread of its own, outside any runtime, where hyper's connector
 /// (a Tokio socket) cannot run; the request is spawned onto the runtime and awaited there.

@@ -18,3 +18,73 @@ pub mod export;
 pub mod subscriber;
 
 pub use context::{continue_trace, link, trace_id, traceparent};
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use subscriber::LogFormat;
+
+/// Why telemetry cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Export was asked for and cannot be set up.
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    /// The process has a subscriber already.
+    #[error("cannot install the tracing subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// A process's telemetry: the subscriber installed, and the tracer provider it traces through.
+/// Make it once, at start, inside the Tokio runtime.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Telemetry for `service`, writing log lines in `format`; export as
+    /// [`export::provider`] says.
+    pub fn install(service: &'static str, format: LogFormat) -> Result<Self, InitError> {
+        let provider = export::provider(service)?;
+        subscriber::install(format, &provider)?;
+        Ok(Self {
+            provider,
+            exporting: export::requested(),
+        })
+    }
+
+    /// Telemetry for the Lambda function `service`: log lines as JSON when the function's log
+    /// format is JSON (`AWS_LAMBDA_LOG_FORMAT`,
+    /// <https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-advanced.html>),
+    /// else text.
+    pub fn lambda(service: &'static str) -> Result<Self, InitError> {
+        let json = std::env::var("AWS_LAMBDA_LOG_FORMAT")
+            .is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+        Self::install(
+            service,
+            if json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+        )
+    }
+
+    /// Exports what has been traced so far and waits for it, when exporting: at the end of a
+    /// Lambda invocation, after which the environment may be frozen with a batch unsent
+    /// (<https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html>).
+    /// Nothing, at no cost, when not exporting. The flush blocks, so it runs on a blocking
+    /// thread, leaving the runtime free for the export's request.
+    pub async fn flush(&self) {
+        if self.exporting {
+            let provider = self.provider.clone();
+            let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        }
+    }
+
+    /// Ends the provider's work, exporting its last spans (when exporting).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}

@@ -71,6 +71,7 @@ async fn events_of(
         None => after,
     };
     let last_cursor = ctx.data_opt::<LastCursor>().cloned();
+    let since = chrono::Utc::now();
     let events = hub(ctx)?
         .subscribe(after.as_deref())
         .await
@@ -81,6 +82,7 @@ async fn events_of(
             Err(_) => true,
         };
         if let (true, Ok(event)) = (keep, &item) {
+            crate::metrics::handed_over(event, since);
             crate::spans::subscription_deliver(event).in_scope(|| {
                 tracing::debug!(cursor = %event.cursor, "event handed to a subscription");
             });

@@ -2,6 +2,7 @@
 //!
 //! - [`book_added`], [`book_removed`]: one module per consumer, each a [`Consumer`] and the
 //!   handler its Lambda and the local bus call.
+//! - [`metrics`]: what they measure: the latency from a change's commit to their effect.
 //! - [`store`]: the [`ActivityStore`] port. Recording an activity entry is both a consumer's
 //!   visible effect and its idempotency record: the entry is keyed by the event's
 //!   `metadata.eventId` and the consumer's name, so a redelivered event has no second effect
@@ -24,6 +25,7 @@ pub mod book_removed;
 pub mod dynamo;
 #[cfg(feature = "aws")]
 pub mod lambda;
+pub mod metrics;
 pub mod store;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -85,6 +87,8 @@ pub struct Handling {
     event_id: String,
     book: BookName,
     recording: Recording,
+    /// When the change was committed, if the event says.
+    committed_at: Option<chrono::DateTime<Utc>>,
     /// The `consumer.handle` span, open until the store has answered.
     span: tracing::Span,
 }
@@ -106,7 +110,12 @@ impl Handling {
         // The span names the consumer, the event and its trace.
         let _in_span = self.span.enter();
         match recorded {
-            Recorded::New => tracing::info!(book = %self.book, "activity recorded"),
+            Recorded::New => {
+                if let Some(committed_at) = self.committed_at {
+                    metrics::reacted(self.consumer, committed_at);
+                }
+                tracing::info!(book = %self.book, "activity recorded");
+            }
             Recorded::AlreadyRecorded => {
                 tracing::info!("event already processed; no second effect");
             }
@@ -146,6 +155,7 @@ impl Consumer {
         );
         telemetry::continue_trace(&span, envelope.metadata.traceparent.as_deref());
         let _in_span = span.enter();
+        let committed_at = envelope.metadata.committed_at;
         let entry = ActivityEntry {
             event_id: envelope.metadata.event_id,
             detail_type: self.detail_type,
@@ -159,6 +169,7 @@ impl Consumer {
             event_id: entry.event_id,
             book: entry.book.name,
             recording,
+            committed_at,
             span: span.clone(),
         })
     }

@@ -87,6 +87,15 @@ pub struct Metadata {
     pub committed_at: Option<DateTime<Utc>>,
 }
 
+/// Seconds from a change's `committedAt` to now: the latency of the hop that measures it, never
+/// below zero (the writer's clock may run ahead of the reader's on another host).
+pub fn seconds_since(committed_at: DateTime<Utc>) -> f64 {
+    let elapsed = Utc::now().signed_duration_since(committed_at);
+    elapsed
+        .to_std()
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
 /// The book an event is about: the whole book, except that a `removed` event whose stream
 /// record had no old image carries only the name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,59 +9,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message as _;
 use serde_json::{Value, json};
+use testing::otlp::Receiver;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// A span as the receiver got it: (service name, span name, trace id in hex).
-type Received = Arc<Mutex<Vec<(String, String, String)>>>;
-
-/// An OTLP/HTTP receiver on 127.0.0.1: its endpoint and what it received.
-async fn receiver() -> (String, Received) {
-    let received = Received::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let store = Arc::clone(&store);
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).unwrap();
-                let mut store = store.lock().unwrap();
-                for resource_spans in request.resource_spans {
-                    let service = resource_spans
-                        .resource
-                        .iter()
-                        .flat_map(|resource| &resource.attributes)
-                        .find(|kv| kv.key == "service.name")
-                        .map(|kv| format!("{:?}", kv.value))
-                        .unwrap_or_default();
-                    for scope in resource_spans.scope_spans {
-                        for span in scope.spans {
-                            let trace_id: String =
-                                span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                            store.push((service.clone(), span.name, trace_id));
-                        }
-                    }
-                }
-                // An empty ExportTraceServiceResponse.
-                Vec::<u8>::new()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (endpoint, received)
-}
-
 #[tokio::test]
 async fn spans_are_exported_over_otlp_and_json_log_lines_carry_the_trace() {
-    let (endpoint, received) = receiver().await;
+    let receiver = Receiver::start().await.unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -70,7 +27,7 @@ async fn spans_are_exported_over_otlp_and_json_log_lines_carry_the_trace() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outboxdemo"))
         .args(["--in-memory", "--log-json", "--port", &port.to_string()])
         .env("RUST_LOG", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .env_remove("OTEL_SERVICE_NAME")
         .stdout(Stdio::null())
@@ -115,21 +72,17 @@ async fn spans_are_exported_over_otlp_and_json_log_lines_carry_the_trace() {
     ];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let in_trace: Vec<(String, String)> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, _, trace_id)| trace_id == TRACE_ID)
-            .map(|(service, name, _)| (service.clone(), name.clone()))
+        let in_trace: Vec<(String, String)> = receiver
+            .trace(TRACE_ID)
+            .into_iter()
+            .map(|span| (span.service, span.name))
             .collect();
         if names
             .iter()
             .all(|name| in_trace.iter().any(|(_, got)| got == name))
         {
             assert!(
-                in_trace
-                    .iter()
-                    .all(|(service, _)| service.contains("outboxdemo")),
+                in_trace.iter().all(|(service, _)| service == "outboxdemo"),
                 "{in_trace:?}"
             );
             break;

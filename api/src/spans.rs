@@ -1,4 +1,5 @@
-//! The API's hop spans: `graphql.request`, `store.write` and `subscription.deliver`.
+//! The API's hop spans: `graphql.request`, `store.write`, `subscription.deliver` and (the
+//! notifier's) `subscription.fanout`.
 //!
 //! Each operation a request runs continues the trace its client sent, or starts one. A
 //! transport puts the client's W3C `traceparent` into the request's (or the connection's)
@@ -76,11 +77,24 @@ pub fn store_write(operation: &'static str, name: &BookName) -> (tracing::Span, 
 }
 
 /// The `subscription.deliver` span of `event`, continuing the event's trace (from the
-/// processor's publish): on AWS the notifier's work for the event runs in it; locally it marks
-/// the hub's hand-over of the event to one subscription.
+/// processor's publish): it marks the hand-over of the event to one subscription (the local
+/// hub's, or the notifier's run of a subscription on AWS).
 pub fn subscription_deliver(event: &crate::BookEvent) -> tracing::Span {
     let span = tracing::info_span!(
         "subscription.deliver",
+        event_id = %event.event_id,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, event.traceparent.as_deref());
+    span
+}
+
+/// The `subscription.fanout` span of the notifier's work for `event` on AWS (reading the
+/// subscriptions, running them, posting), continuing the event's trace; each subscription's
+/// hand-over is a `subscription.deliver` inside it.
+pub fn subscription_fanout(event: &crate::BookEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "subscription.fanout",
         event_id = %event.event_id,
         trace_id = tracing::field::Empty,
     );

@@ -282,13 +282,13 @@ impl Notifier<'_> {
     /// rule's asynchronous invocation to retry) only when the index cannot be read or a message
     /// cannot be queued.
     ///
-    /// It runs in a `subscription.deliver` span that continues the event's trace.
+    /// It runs in a `subscription.fanout` span that continues the event's trace.
     pub async fn notify(&self, event: EventBridgeEvent<Value>) -> Result<Notified, GatewayError> {
         let raw = serde_json::to_value(&event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let book_event = BookEvent::from_eventbridge(event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
-        let span = crate::spans::subscription_deliver(&book_event);
+        let span = crate::spans::subscription_fanout(&book_event);
         self.notify_event(raw, book_event).instrument(span).await
     }
 

@@ -36,6 +36,7 @@ struct LambdaConfig {
 pub async fn run(consumer: Consumer) -> Result<(), lambda_runtime::Error> {
     use clap::Parser as _;
     let telemetry = &telemetry::Telemetry::lambda(consumer.name)?;
+    crate::metrics::describe();
     let config = LambdaConfig::try_parse()?;
     let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
     let store = DynamoActivityStore::new(client, config.activity_table_name);

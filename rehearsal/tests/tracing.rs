@@ -2,7 +2,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` at an OTLP receiver in this test, and an `addBook` sent to the
 //! HTTP API with a fixed `traceparent` reaches the processor (through the DynamoDB item and its
 //! stream record), the book-added consumer and the notifier (through the event's
-//! `metadata.traceparent` on EventBridge), each continuing the trace of the hop before it.
+//! `metadata.traceparent` on EventBridge), each continuing the trace of the hop before it. The
+//! functions' logs carry the same counters as CloudWatch embedded metric format documents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -190,6 +191,74 @@ async fn one_trace_reaches_the_processor_a_consumer_and_the_notifier() {
     assert_eq!(run.parent_span_id, fanout.span_id);
     let deliver = one(&spans, "notifier", "subscription.deliver");
     assert_eq!(deliver.parent_span_id, publish.span_id);
+
+    // The same counters as CloudWatch metrics, as the functions log them for CloudWatch Logs
+    // to extract. Each invocation's documents are written when it ends.
+    let logs = dir.path().join("logs");
+    let metric = |function: &str, name: &str| -> Option<Value> {
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|file| file.to_string_lossy().contains(function))
+            })
+            .flat_map(|path| {
+                std::fs::read_to_string(path)
+                    .unwrap()
+                    .lines()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|document| document.get("_aws").is_some() && document.get(name).is_some())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = [
+        ("-api.", "outboxdemo_mutations_total"),
+        ("-processor.", "outboxdemo_events_published_total"),
+        ("-book-added.", "outboxdemo_mutation_to_consumer_seconds"),
+        ("-notifier.", "outboxdemo_mutation_to_subscriber_seconds"),
+    ];
+    let documents = loop {
+        let found: Vec<Option<Value>> = wanted
+            .iter()
+            .map(|(function, name)| metric(function, name))
+            .collect();
+        if found.iter().all(Option::is_some) {
+            break found.into_iter().flatten().collect::<Vec<_>>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every metric was logged: {found:?} in {:?}",
+            std::fs::read_dir(&logs).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (document, (_, name)) in documents.iter().zip(wanted) {
+        let directive = &document["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "outboxdemo", "{document}");
+        assert_eq!(directive["Metrics"][0]["Name"], name, "{document}");
+        assert!(document["_aws"]["Timestamp"].is_u64(), "{document}");
+    }
+    let mutations = &documents[0];
+    assert_eq!(mutations["field"], "addBook", "{mutations}");
+    assert_eq!(mutations["outcome"], "ok", "{mutations}");
+    assert_eq!(mutations["outboxdemo_mutations_total"], 1, "{mutations}");
+    let published = &documents[1];
+    assert_eq!(published["detail_type"], "outboxdemo.added", "{published}");
+    assert_eq!(
+        published["outboxdemo_events_published_total"], 1,
+        "{published}"
+    );
+    let to_consumer = &documents[2];
+    assert_eq!(to_consumer["consumer"], "book-added", "{to_consumer}");
+    assert_eq!(
+        to_consumer["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
+        "Seconds"
+    );
+    let seconds = &to_consumer["outboxdemo_mutation_to_consumer_seconds"];
+    let seconds = seconds.as_f64().or_else(|| seconds[0].as_f64()).unwrap();
+    assert!((0.0..30.0).contains(&seconds), "{to_consumer}");
 
     drop(socket);
     rehearsal.stop().await;

@@ -31,6 +31,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let telemetry = telemetry::Telemetry::lambda("api")?;
+    api::metrics::describe();
     let config = Config::try_parse()?;
     let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
     let books = Arc::new(DynamoBookStore::new(client.clone(), config.table_name));

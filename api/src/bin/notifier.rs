@@ -41,6 +41,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let telemetry = &telemetry::Telemetry::lambda("notifier")?;
+    api::metrics::describe();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name)

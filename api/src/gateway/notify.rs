@@ -323,6 +323,9 @@ impl Notifier<'_> {
                 notified.queued += 1;
             }
         }
+        if notified.sent > 0 {
+            crate::metrics::posted(&book_event);
+        }
         tracing::info!(%event_id, sent = notified.sent, gone = notified.gone, failed = notified.failed,
             executed = notified.executed, queued = notified.queued, read_on = notified.read_on,
             "subscribers notified");

@@ -19,6 +19,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let telemetry = &telemetry::Telemetry::lambda("processor")?;
+    processor::metrics::describe();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let publisher = EventBridgePublisher::new(

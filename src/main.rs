@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use outboxdemo::stack::{self, Settings};
+use telemetry::Telemetry;
+use telemetry::subscriber::LogFormat;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the stack allocates on every request, record and
 /// event, and with glibc's malloc durable `addBook`/s at 128 clients was about 40% lower
@@ -24,6 +25,9 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Write log lines as JSON objects (with the span's trace_id and event_id fields).
+    #[arg(long, global = true, env = "OUTBOXDEMO_LOG_JSON")]
+    log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,12 +56,19 @@ struct ServeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = if cli.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    let telemetry = Telemetry::install("outboxdemo", format)?;
+    let result = run(cli).await;
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs the command the command line names.
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Schema) => {
             print!("{}", api::sdl());

@@ -5,7 +5,9 @@
 //! deliveries and the retries; the dead letters by source are the processor's
 //! [`processor::metrics::DEAD_LETTERS`]. The gauges that describe state — the stream
 //! reader's lag, the queues' depth, the open subscriptions — are read from the store and the
-//! hub when `/metrics` is scraped, so they are never stale. Without a recorder (the Lambdas, or a
+//! hub when `/metrics` is scraped, so they are never stale. The latency histograms (a change's
+//! commit to a consumer's effect, [`consumers::metrics`], and to a subscription,
+//! [`api::metrics`]) are measured from the commit time the change carries. Without a recorder (the Lambdas, or a
 //! process that installed another) counting costs next to nothing.
 
 use std::sync::{Arc, OnceLock};
@@ -16,7 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::embedded::{Db, DbError, bus_queue, checkpoints, stream};
 
@@ -35,6 +37,12 @@ pub const QUEUE_DEPTH: &str = "outboxdemo_queue_depth";
 /// Subscriptions open now.
 pub const SUBSCRIPTIONS_OPEN: &str = "outboxdemo_subscriptions_open";
 
+/// The buckets of the latency histograms, in seconds: from a quiet stack's few milliseconds
+/// to the minutes of a backlog or a retried delivery.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// The process's Prometheus recorder, installed by the first call; `None` when another
 /// recorder was installed first (the metrics then go there).
 pub fn recorder() -> Option<PrometheusHandle> {
@@ -42,7 +50,17 @@ pub fn recorder() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .install_recorder()
+                .set_buckets_for_metric(
+                    Matcher::Full(api::metrics::MUTATION_TO_SUBSCRIBER.to_owned()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(consumers::metrics::MUTATION_TO_CONSUMER.to_owned()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(PrometheusBuilder::install_recorder)
                 .map_err(|error| tracing::warn!(%error, "metrics are recorded elsewhere"))
                 .ok()?;
             describe();
@@ -55,6 +73,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge};
     api::metrics::describe();
     processor::metrics::describe();
+    consumers::metrics::describe();
     describe_counter!(
         DELIVERIES,
         "Deliveries to a bus target, by consumer and outcome"

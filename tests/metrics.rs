@@ -77,6 +77,38 @@ impl Scrape {
             })
     }
 
+    /// The buckets of the histogram `name` with exactly these labels: (upper bound, count), the
+    /// last `+Inf` (empty before the first observation).
+    fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        self.0
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == name)
+            .find(|sample| {
+                sample.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(key, value)| sample.labels.get(key) == Some(value))
+            })
+            .map_or_else(Vec::new, |sample| match &sample.value {
+                prometheus_parse::Value::Histogram(buckets) => buckets
+                    .iter()
+                    .map(|bucket| (bucket.less_than, bucket.count))
+                    .collect(),
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+    }
+
+    /// How many observations the histogram `name` with these labels has.
+    fn observations(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.histogram(name, labels)
+            .last()
+            .map_or(0.0, |(bound, count)| {
+                assert!(bound.is_infinite(), "the last bucket is +Inf");
+                *count
+            })
+    }
+
     fn kind(&self, name: &str) -> Option<String> {
         let sample = self.0.samples.iter().find(|sample| sample.metric == name)?;
         Some(
@@ -160,6 +192,13 @@ async fn the_counters_and_gauges_move_with_traffic_and_a_fault() {
         0.0
     );
     assert_eq!(before.value("outboxdemo_subscriptions_open", &[]), 0.0);
+    let to_consumer = "outboxdemo_mutation_to_consumer_seconds";
+    let to_subscriber = "outboxdemo_mutation_to_subscriber_seconds";
+    assert_eq!(
+        before.observations(to_consumer, &[("consumer", "book-added")]),
+        0.0
+    );
+    assert_eq!(before.observations(to_subscriber, &[]), 0.0);
     assert_eq!(before.value("outboxdemo_stream_lag_records", &[]), 0.0);
     assert_eq!(
         before.kind("outboxdemo_queue_depth").as_deref(),
@@ -251,6 +290,31 @@ async fn the_counters_and_gauges_move_with_traffic_and_a_fault() {
         ),
         1.0
     );
+    // Latency, from the commit the change carries: the one add that reached book-added and the
+    // subscriber; a removal carries no commit time (its item has no new image), so
+    // book-removed has nothing observed.
+    let after = stack
+        .scrape_until(|s| s.observations(to_subscriber, &[]) == 1.0)
+        .await;
+    for (name, labels) in [
+        (to_consumer, &[("consumer", "book-added")][..]),
+        (to_subscriber, &[][..]),
+    ] {
+        let buckets = after.histogram(name, labels);
+        assert_eq!(after.observations(name, labels), 1.0, "{name}");
+        // On a quiet stack on one machine, well under 10 s; the buckets are cumulative.
+        let within = buckets
+            .iter()
+            .find(|(bound, _)| *bound == 10.0)
+            .unwrap_or_else(|| panic!("{name} has a 10 s bucket: {buckets:?}"));
+        assert_eq!(within.1, 1.0, "{name}: {buckets:?}");
+        assert_eq!(buckets[0].0, 0.005, "{name}: {buckets:?}");
+    }
+    assert_eq!(
+        after.observations(to_consumer, &[("consumer", "book-removed")]),
+        0.0
+    );
+
     // Everything is through: nothing behind in the stream, nothing queued.
     assert_eq!(after.value("outboxdemo_stream_lag_records", &[]), 0.0);
     assert_eq!(after.value("outboxdemo_stream_lag_seconds", &[]), 0.0);

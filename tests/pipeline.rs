@@ -169,8 +169,21 @@ async fn the_stream_hands_over_lambda_records_of_each_committed_change_in_order(
         [("INSERT", "Dune"), ("INSERT", "Emma"), ("REMOVE", "Dune")]
     );
     let image = serde_json::json!({"name": {"S": "Dune"}, "authors": {"L": [{"S": "An Author"}]}, "publishedYear": {"N": "2001"}});
-    assert_eq!(records[0]["dynamodb"]["NewImage"], image);
-    assert_eq!(records[2]["dynamodb"]["OldImage"], image);
+    // Beside the book, the item carries the write's commit time (and its traceparent when
+    // the write is traced; nothing traces it here).
+    let book_of = |image: &serde_json::Value| {
+        let mut image = image.as_object().unwrap().clone();
+        let committed_at: i64 = image.remove("committedAt").unwrap()["N"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((chrono::Utc::now().timestamp_millis() - committed_at).abs() < 60_000);
+        assert!(!image.contains_key("traceparent"));
+        serde_json::Value::Object(image)
+    };
+    assert_eq!(book_of(&records[0]["dynamodb"]["NewImage"]), image);
+    assert_eq!(book_of(&records[2]["dynamodb"]["OldImage"]), image);
     assert!(
         records[2]["dynamodb"]
             .get("NewImage")
@@ -389,6 +402,8 @@ fn outbox_event(detail_type: DetailType, name: &str, event_id: &str) -> OutboxEv
                 occurred_at: chrono::Utc::now(),
                 version: 1,
                 cursor: None,
+                traceparent: None,
+                committed_at: None,
             },
             data: BookSnapshot::from(book(name)),
         },

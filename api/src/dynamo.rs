@@ -10,6 +10,7 @@ use aws_smithy_async::future::pagination_stream::PaginationStream;
 use domain::item;
 use domain::{Book, BookName};
 use futures_util::future::try_join_all;
+use tracing::Instrument as _;
 
 use crate::sdk::error_text;
 use crate::store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
@@ -71,14 +72,16 @@ impl DynamoBookStore {
 #[async_trait]
 impl BookStore for DynamoBookStore {
     async fn add(&self, book: &Book) -> Result<(), StoreError> {
+        let (span, trace) = crate::spans::store_write("add", &book.name);
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item::to_item(book).into()))
+            .set_item(Some(item::to_traced_item(book, &trace).into()))
             .condition_expression("attribute_not_exists(#name)")
             .expression_attribute_names("#name", item::KEY_ATTRIBUTE)
             .send()
+            .instrument(span)
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -93,7 +96,12 @@ impl BookStore for DynamoBookStore {
         }
     }
 
+    /// A deleted item has no new image, so the stream record of a removal carries no trace
+    /// (DeleteItem cannot write attributes:
+    /// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.html>);
+    /// the span is still the write's.
     async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
+        let (span, _) = crate::spans::store_write("remove", name);
         let result = self
             .client
             .delete_item()
@@ -103,6 +111,7 @@ impl BookStore for DynamoBookStore {
             .expression_attribute_names("#name", item::KEY_ATTRIBUTE)
             .return_values(ReturnValue::AllOld)
             .send()
+            .instrument(span)
             .await;
         match result {
             Ok(output) => book_from(output.attributes.unwrap_or_default()),

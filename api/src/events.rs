@@ -49,6 +49,10 @@ pub struct BookEvent {
     pub occurred_at: DateTime<Utc>,
     /// The book.
     pub book: BookSnapshot,
+    /// The event's `metadata.traceparent`: the trace a delivery continues.
+    pub traceparent: Option<String>,
+    /// The event's `metadata.committedAt`: what delivery latency is measured from.
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 impl BookEvent {
@@ -61,6 +65,8 @@ impl BookEvent {
             detail_type,
             occurred_at: metadata.occurred_at,
             book: envelope.data,
+            traceparent: metadata.traceparent,
+            committed_at: metadata.committed_at,
         }
     }
 }

@@ -23,6 +23,9 @@
 //!   count nothing) and whether it introspects; [`limits::DocumentLimits`] refuses the rest.
 //! - [`metrics`]: what the API counts (mutations by outcome), and [`metrics::MutationMetrics`],
 //!   the schema extension that counts them.
+//! - [`spans`]: the `graphql.request` span, continuing the client's `traceparent`
+//!   ([`spans::IncomingTrace`]) or starting a trace, and the `store.write` span whose trace a
+//!   write stores with the change.
 //! - [`introspection`]: introspection answered for this schema (no borrowed description).
 //! - [`error`]: [`ApiError`], the one error type resolvers return, each with a stable
 //!   `extensions.code`; [`ErrorCodes`] gives parse and validation errors codes too.
@@ -52,6 +55,7 @@ pub mod router;
 pub mod schema;
 #[cfg(feature = "aws")]
 mod sdk;
+pub mod spans;
 pub mod store;
 pub mod subscriptions;
 #[cfg(test)]

@@ -13,9 +13,37 @@ use async_graphql::{PathSegment, Response, ServerResult, Variables};
 /// the error it ended with (`CONFLICT`, `UNAUTHENTICATED`, …).
 pub const MUTATIONS: &str = "outboxdemo_mutations_total";
 
+/// Seconds from a change's commit (`metadata.committedAt`) to the hand-over of its event to a
+/// subscription: locally, one observation per subscription and event committed after the
+/// subscription began (an event replayed for `after` is as old as the client asked for, not
+/// late); on AWS, one per event the notifier's rule invocation posted to a subscriber. Events
+/// without a commit time (removals) are not observed.
+pub const MUTATION_TO_SUBSCRIBER: &str = "outboxdemo_mutation_to_subscriber_seconds";
+
 /// Describes the API's metrics to the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(MUTATIONS, "Mutations run, by root field and outcome");
+    metrics::describe_histogram!(
+        MUTATION_TO_SUBSCRIBER,
+        metrics::Unit::Seconds,
+        "From a change's commit to its event's hand-over to a subscription"
+    );
+}
+
+/// The notifier posted `event` to subscribers.
+pub(crate) fn posted(event: &crate::BookEvent) {
+    if let Some(committed_at) = event.committed_at {
+        metrics::histogram!(MUTATION_TO_SUBSCRIBER)
+            .record(domain::event::seconds_since(committed_at));
+    }
+}
+
+/// `event` is handed to a subscription that began at `since`.
+pub(crate) fn handed_over(event: &crate::BookEvent, since: chrono::DateTime<chrono::Utc>) {
+    if let Some(committed_at) = event.committed_at.filter(|at| *at >= since) {
+        metrics::histogram!(MUTATION_TO_SUBSCRIBER)
+            .record(domain::event::seconds_since(committed_at));
+    }
 }
 
 /// A schema extension that counts each mutation field a request runs, with its outcome.

@@ -31,6 +31,7 @@ fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
         .extension(ErrorCodes)
         .extension(SchemaDescription)
         .extension(crate::metrics::MutationMetrics)
+        .extension(crate::spans::RequestTracing)
 }
 
 /// Builds the schema over the given stores, with subscriptions fed by `events` and the

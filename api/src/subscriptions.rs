@@ -71,6 +71,7 @@ async fn events_of(
         None => after,
     };
     let last_cursor = ctx.data_opt::<LastCursor>().cloned();
+    let since = chrono::Utc::now();
     let events = hub(ctx)?
         .subscribe(after.as_deref())
         .await
@@ -80,6 +81,12 @@ async fn events_of(
             Ok(event) => types.contains(&event.detail_type),
             Err(_) => true,
         };
+        if let (true, Ok(event)) = (keep, &item) {
+            crate::metrics::handed_over(event, since);
+            crate::spans::subscription_deliver(event).in_scope(|| {
+                tracing::debug!(cursor = %event.cursor, "event handed to a subscription");
+            });
+        }
         if let (true, Some(last_cursor)) = (keep, &last_cursor) {
             last_cursor.put(item.as_ref().ok().map(|event| event.cursor.as_str()));
         }

@@ -43,5 +43,7 @@ pub(crate) fn event(id: &str) -> crate::BookEvent {
         detail_type: domain::DetailType::Added,
         occurred_at: chrono::Utc::now(),
         book: domain::BookSnapshot::name_only(BookName::parse("Dune").expect("a valid name")),
+        traceparent: None,
+        committed_at: None,
     }
 }

@@ -35,17 +35,17 @@ struct LambdaConfig {
 /// retries it and finally sends it to the function's on-failure destination.
 pub async fn run(consumer: Consumer) -> Result<(), lambda_runtime::Error> {
     use clap::Parser as _;
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = &telemetry::Telemetry::lambda(consumer.name)?;
+    crate::metrics::describe();
     let config = LambdaConfig::try_parse()?;
     let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
     let store = DynamoActivityStore::new(client, config.activity_table_name);
     let store = &store;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<EventBridgeEvent<Value>>| async move {
-            consumer
-                .handle(event.payload, store)
-                .await
-                .map(|recorded| serde_json::json!({"recorded": recorded == Recorded::New}))
+            let handled = consumer.handle(event.payload, store).await;
+            telemetry.flush().await;
+            handled.map(|recorded| serde_json::json!({"recorded": recorded == Recorded::New}))
         },
     ))
     .await

@@ -2,6 +2,7 @@
 //!
 //! - [`book_added`], [`book_removed`]: one module per consumer, each a [`Consumer`] and the
 //!   handler its Lambda and the local bus call.
+//! - [`metrics`]: what they measure: the latency from a change's commit to their effect.
 //! - [`store`]: the [`ActivityStore`] port. Recording an activity entry is both a consumer's
 //!   visible effect and its idempotency record: the entry is keyed by the event's
 //!   `metadata.eventId` and the consumer's name, so a redelivered event has no second effect
@@ -24,6 +25,7 @@ pub mod book_removed;
 pub mod dynamo;
 #[cfg(feature = "aws")]
 pub mod lambda;
+pub mod metrics;
 pub mod store;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
@@ -31,6 +33,7 @@ use chrono::Utc;
 use domain::event::{DetailType, Envelope, SOURCE};
 use domain::{ActivityEntry, BookName};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 pub use store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
@@ -84,6 +87,10 @@ pub struct Handling {
     event_id: String,
     book: BookName,
     recording: Recording,
+    /// When the change was committed, if the event says.
+    committed_at: Option<chrono::DateTime<Utc>>,
+    /// The `consumer.handle` span, open until the store has answered.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Handling {
@@ -99,19 +106,19 @@ impl Handling {
     /// Waits for the activity store's answer: whether this event had its effect now, or had it
     /// already.
     pub async fn finish(self) -> Result<Recorded, ConsumerError> {
-        let recorded = self.recording.await?;
+        let recorded = self.recording.instrument(self.span.clone()).await?;
+        // The span names the consumer, the event and its trace.
+        let _in_span = self.span.enter();
         match recorded {
-            Recorded::New => tracing::info!(
-                event_id = %self.event_id,
-                consumer = self.consumer,
-                book = %self.book,
-                "activity recorded"
-            ),
-            Recorded::AlreadyRecorded => tracing::info!(
-                event_id = %self.event_id,
-                consumer = self.consumer,
-                "event already processed; no second effect"
-            ),
+            Recorded::New => {
+                if let Some(committed_at) = self.committed_at {
+                    metrics::reacted(self.consumer, committed_at);
+                }
+                tracing::info!(book = %self.book, "activity recorded");
+            }
+            Recorded::AlreadyRecorded => {
+                tracing::info!("event already processed; no second effect");
+            }
         }
         Ok(recorded)
     }
@@ -124,6 +131,9 @@ impl Consumer {
     /// Synchronous on purpose: the write is issued before this returns, so that deliveries
     /// started in queue order have their effects in queue order (see the crate's docs). Keep
     /// anything asynchronous after the write, in [`Handling::finish`].
+    ///
+    /// The handling runs in a `consumer.handle` span (with the consumer's name) that continues
+    /// the event's `metadata.traceparent`, from the processor's publish.
     pub fn start(
         &self,
         event: EventBridgeEvent<Value>,
@@ -137,6 +147,15 @@ impl Consumer {
             });
         }
         let envelope = Envelope::from_detail(event.detail)?;
+        let span = tracing::info_span!(
+            "consumer.handle",
+            consumer = self.name,
+            event_id = %envelope.metadata.event_id,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, envelope.metadata.traceparent.as_deref());
+        let _in_span = span.enter();
+        let committed_at = envelope.metadata.committed_at;
         let entry = ActivityEntry {
             event_id: envelope.metadata.event_id,
             detail_type: self.detail_type,
@@ -150,6 +169,8 @@ impl Consumer {
             event_id: entry.event_id,
             book: entry.book.name,
             recording,
+            committed_at,
+            span: span.clone(),
         })
     }
 

@@ -1,6 +1,12 @@
 //! The event contract: what the processor publishes and consumers depend on.
 //!
 //! Change it only on purpose, with a new [`ENVELOPE_VERSION`].
+//!
+//! Within a version, fields may be *added* where they are optional: a reader ignores fields it
+//! does not know (no `deny_unknown_fields` here, and consumers must not add it), and every
+//! added field is omitted when absent, so envelopes written before it read as they did.
+//! Version 1 gained `metadata.traceparent` and `metadata.committedAt` that way: a consumer
+//! that ignores them keeps working, and an envelope without them is still version 1.
 
 use std::fmt;
 
@@ -74,6 +80,17 @@ pub struct Metadata {
     /// within version 1: a field readers that do not know it ignore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The W3C `traceparent` (<https://www.w3.org/TR/trace-context/#traceparent-header>) of
+    /// the span that published the event, which continues the trace of the write that made
+    /// the change. A reader should treat one it cannot parse as absent, never as a reason to
+    /// refuse the event. Absent on envelopes written before it was added, and on removals
+    /// (a deleted item has no new image to carry the remover's trace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// When the writer committed the change, to the millisecond (`occurredAt` has the
+    /// stream's whole seconds): what latency is measured from. Absent where `traceparent` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 impl Metadata {
@@ -82,6 +99,15 @@ impl Metadata {
     pub fn position(&self) -> &str {
         self.cursor.as_deref().unwrap_or(&self.sequence_number)
     }
+}
+
+/// Seconds from a change's `committedAt` to now: the latency of the hop that measures it, never
+/// below zero (the writer's clock may run ahead of the reader's on another host).
+pub fn seconds_since(committed_at: DateTime<Utc>) -> f64 {
+    let elapsed = Utc::now().signed_duration_since(committed_at);
+    elapsed
+        .to_std()
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// The book an event is about: the whole book, except that a `removed` event whose stream
@@ -182,6 +208,41 @@ mod tests {
         let envelope = Envelope::from_detail(detail.clone()).unwrap();
         assert_eq!(envelope.data.to_book().unwrap().published_year.get(), 1965);
         assert_eq!(serde_json::to_value(&envelope).unwrap(), detail);
+    }
+
+    #[test]
+    fn trace_fields_are_optional_additions_to_version_1() {
+        let traced = serde_json::json!({
+            "metadata": {"eventId": "e1", "sequenceNumber": "100", "occurredAt": "2024-05-01T12:00:00Z", "version": 1,
+                "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "committedAt": "2024-05-01T12:00:00.123Z"},
+            "data": {"name": "Dune"}
+        });
+        let envelope = Envelope::from_detail(traced.clone()).unwrap();
+        assert_eq!(
+            envelope.metadata.committed_at.unwrap().timestamp_millis(),
+            1_714_564_800_123
+        );
+        assert_eq!(serde_json::to_value(&envelope).unwrap(), traced);
+
+        // A reader that knows only the fields before them (a consumer built earlier) reads it.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        #[allow(dead_code)]
+        struct OlderMetadata {
+            event_id: String,
+            sequence_number: String,
+            occurred_at: DateTime<Utc>,
+            version: u32,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OlderEnvelope {
+            metadata: OlderMetadata,
+            data: BookSnapshot,
+        }
+        let older: OlderEnvelope = serde_json::from_value(traced).unwrap();
+        assert_eq!(older.metadata.version, ENVELOPE_VERSION);
     }
 
     #[test]

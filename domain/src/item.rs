@@ -3,6 +3,11 @@
 //! The item is `{"name": S, "authors": L of S, "publishedYear": N}`. Reading also accepts
 //! `authors` as a string set (SS), which other writers of the table may use; note that a set
 //! does not keep order.
+//!
+//! Beside the book, an item the API writes carries its [`ChangeTrace`]: `traceparent` (S), the
+//! W3C trace context of the write, and `committedAt` (N, milliseconds since the epoch). They
+//! are not part of the book (reading a book ignores them) and ride the stream record's new
+//! image to the processor.
 
 use serde_dynamo::{AttributeValue, Item};
 
@@ -11,6 +16,78 @@ use crate::book::{Book, BookName, InvalidBook};
 
 /// The name of the table's partition key attribute.
 pub const KEY_ATTRIBUTE: &str = "name";
+
+/// The item attribute holding the writer's W3C `traceparent`.
+pub const TRACEPARENT_ATTRIBUTE: &str = "traceparent";
+/// The item attribute holding the write's commit time, in milliseconds since the epoch.
+pub const COMMITTED_AT_ATTRIBUTE: &str = "committedAt";
+
+/// What an item carries beside its book for observability: the trace of the write that made
+/// it and when that write was committed (to the millisecond; a stream record's creation time
+/// has whole seconds only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeTrace {
+    /// The writer's W3C `traceparent`, if it was traced.
+    pub traceparent: Option<String>,
+    /// When the writer committed the change.
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ChangeTrace {
+    /// The trace of a write committed now, in the trace `traceparent` names.
+    pub fn now(traceparent: Option<String>) -> Self {
+        let now = chrono::Utc::now();
+        // Millisecond precision, as stored, so what is written is what is read back.
+        let committed_at = chrono::DateTime::from_timestamp_millis(now.timestamp_millis());
+        Self {
+            traceparent,
+            committed_at,
+        }
+    }
+
+    /// The trace an item carries; parts that are missing or malformed are `None` (they are
+    /// diagnostics and never a reason to refuse an item).
+    pub fn of_item(item: &Item) -> Self {
+        let traceparent = match item.get(TRACEPARENT_ATTRIBUTE) {
+            Some(AttributeValue::S(traceparent)) => Some(traceparent.clone()),
+            _ => None,
+        };
+        let committed_at = match item.get(COMMITTED_AT_ATTRIBUTE) {
+            Some(AttributeValue::N(ms)) => ms
+                .parse()
+                .ok()
+                .and_then(chrono::DateTime::from_timestamp_millis),
+            _ => None,
+        };
+        Self {
+            traceparent,
+            committed_at,
+        }
+    }
+
+    /// Adds these attributes to an item (those that are `Some`).
+    pub fn add_to(&self, item: &mut Item) {
+        if let Some(traceparent) = &self.traceparent {
+            item.insert(
+                TRACEPARENT_ATTRIBUTE.to_owned(),
+                AttributeValue::S(traceparent.clone()),
+            );
+        }
+        if let Some(committed_at) = self.committed_at {
+            item.insert(
+                COMMITTED_AT_ATTRIBUTE.to_owned(),
+                AttributeValue::N(committed_at.timestamp_millis().to_string()),
+            );
+        }
+    }
+}
+
+/// Encodes a book as its item, with the trace of the write that stores it.
+pub fn to_traced_item(book: &Book, trace: &ChangeTrace) -> Item {
+    let mut item = to_item(book);
+    trace.add_to(&mut item);
+    item
+}
 
 /// Why an item is not a book.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +276,36 @@ mod tests {
     fn round_trips() {
         assert_eq!(from_item(to_item(&dune())).unwrap(), dune());
         assert_eq!(name_from_key(&key(&dune().name)).unwrap(), dune().name);
+    }
+
+    #[test]
+    fn a_traced_item_is_still_the_book_and_carries_its_trace() {
+        let trace = ChangeTrace {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            committed_at: chrono::DateTime::from_timestamp_millis(1_714_564_800_123),
+        };
+        let item = to_traced_item(&dune(), &trace);
+        assert_eq!(
+            item[COMMITTED_AT_ATTRIBUTE],
+            AttributeValue::N("1714564800123".into())
+        );
+        assert_eq!(ChangeTrace::of_item(&item), trace);
+        assert_eq!(from_item(item).unwrap(), dune());
+        assert_eq!(
+            ChangeTrace::of_item(&to_item(&dune())),
+            ChangeTrace::default()
+        );
+        let now = ChangeTrace::now(None);
+        assert_eq!(
+            now.committed_at.unwrap().timestamp_subsec_nanos() % 1_000_000,
+            0
+        );
+        let mut bad = to_item(&dune());
+        bad.insert(
+            COMMITTED_AT_ATTRIBUTE.into(),
+            AttributeValue::S("soon".into()),
+        );
+        assert_eq!(ChangeTrace::of_item(&bad).committed_at, None);
     }
 
     #[test]

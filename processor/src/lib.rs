@@ -13,6 +13,8 @@
 //!   aside, whole (an SQS queue on AWS, the stream's dead letters locally).
 //! - `sqs` (feature `aws`): `SqsPoisonRecords`, the processor Lambda's poison queue.
 //! - [`metrics`]: what it counts (events published, records set aside).
+//! - [`spans`]: its hop spans, `stream.batch` and `processor.publish`, and how an event's
+//!   `metadata.traceparent` is handed on.
 //! - [`handle_batch`]: the function the processor Lambda and the local stream reader both call:
 //!   a batch in, `batchItemFailures` out.
 
@@ -25,11 +27,13 @@ pub mod mapping;
 pub mod metrics;
 pub mod poison;
 pub mod publisher;
+pub mod spans;
 #[cfg(feature = "aws")]
 pub mod sqs;
 
-use aws_lambda_events::dynamodb::Event;
+use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use tracing::Instrument as _;
 
 #[cfg(feature = "aws")]
 pub use dynamo_journal::DynamoJournal;
@@ -59,6 +63,11 @@ pub use sqs::SqsPoisonRecords;
 /// reach the bus before the record the stream retries; a later change of the same book cannot
 /// (the EventBridge publisher never puts two changes of a book in one call). An unmappable record after the first failure is
 /// set aside on the retry, not now, so it is set aside once per time the stream reaches it.
+///
+/// **Tracing.** The batch runs in a `stream.batch` span, which continues the trace of its first
+/// record that has one and links the others'. Each event gets a `processor.publish` span that
+/// continues its own record's trace (the write's `store.write`), and the event's
+/// `metadata.traceparent` becomes that span's, so consumers and subscribers continue from it.
 pub async fn handle_batch(
     event: Event,
     publisher: &dyn EventPublisher,
@@ -74,8 +83,24 @@ pub async fn handle_batch(
             Err(error) => unmapped.push((index, error)),
         }
     }
-
     let (indexes, outbox): (Vec<usize>, Vec<OutboxEvent>) = events.into_iter().unzip();
+    let batch = spans::batch(records.len(), &outbox);
+    publish_batch(&records, indexes, outbox, unmapped, publisher, poison)
+        .instrument(batch)
+        .await
+}
+
+/// [`handle_batch`] once its records are mapped: publishes the events, sets the unmappable
+/// records aside and names the first failure.
+async fn publish_batch(
+    records: &[EventRecord],
+    indexes: Vec<usize>,
+    mut outbox: Vec<OutboxEvent>,
+    unmapped: Vec<(usize, MappingError)>,
+    publisher: &dyn EventPublisher,
+    poison: &dyn PoisonRecords,
+) -> DynamoDbEventResponse {
+    let publishing: Vec<tracing::Span> = outbox.iter_mut().map(spans::publish).collect();
     let published = match publisher.publish(&outbox).await {
         Ok(()) => outbox.len(),
         Err(error) => {
@@ -90,14 +115,12 @@ pub async fn handle_batch(
             first
         }
     };
-    for event in &outbox[..published] {
+    for (event, span) in outbox[..published].iter().zip(&publishing) {
         metrics::published(event.detail_type);
-        tracing::info!(
-            event_id = %event.envelope.metadata.event_id,
-            detail_type = %event.detail_type,
-            "event published"
-        );
+        // The span names the event (event_id, detail_type) and its trace.
+        span.in_scope(|| tracing::info!("event published"));
     }
+    drop(publishing);
     let mut first_failed = indexes.get(published).copied();
 
     for (index, error) in unmapped {

@@ -55,6 +55,10 @@ pub enum MappingError {
 /// `INSERT` → `outboxdemo.added` with the new image; `MODIFY` → `outboxdemo.updated` with the
 /// new image; `REMOVE` → `outboxdemo.removed` with the old image, or only the name from the
 /// keys when the stream carries no old image.
+///
+/// The new image's [`ChangeTrace`](item::ChangeTrace) (the write's `traceparent` and commit
+/// time) goes into the metadata. A removal has none: the old image's is that of the write
+/// that made the book, not of the removal.
 pub fn map_record(record: &EventRecord) -> Result<OutboxEvent, MappingError> {
     if record.event_id.is_empty() {
         return Err(MappingError::MissingEventId);
@@ -98,6 +102,10 @@ pub fn map_record(record: &EventRecord) -> Result<OutboxEvent, MappingError> {
         }
         other => return Err(MappingError::UnknownEventName(other.to_owned())),
     };
+    let trace = match detail_type {
+        DetailType::Added | DetailType::Updated => item::ChangeTrace::of_item(&change.new_image),
+        DetailType::Removed => item::ChangeTrace::default(),
+    };
     Ok(OutboxEvent {
         detail_type,
         envelope: Envelope {
@@ -107,6 +115,8 @@ pub fn map_record(record: &EventRecord) -> Result<OutboxEvent, MappingError> {
                 occurred_at: change.approximate_creation_date_time,
                 version: ENVELOPE_VERSION,
                 cursor: None,
+                traceparent: trace.traceparent,
+                committed_at: trace.committed_at,
             },
             data,
         },

@@ -232,7 +232,16 @@ fn deliver_one(route: &Route, event: &str) -> Result<Delivery, DeliveryError> {
         DeliveryError::permanent(format!("queued event is not an EventBridge event: {error}"))
     })?;
     let event_id = event_id_of(&event.detail);
-    let span = tracing::info_span!("deliver", target_name = %route.name, %event_id);
+    // The local EventBridge's own part of the trace: beside the target's span (a consumer
+    // continues the event's `traceparent` itself, as it does on AWS, where EventBridge adds no
+    // span of its own).
+    let span = tracing::info_span!(
+        "bus.deliver",
+        target_name = %route.name,
+        %event_id,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, event.detail["metadata"]["traceparent"].as_str());
     let delivery = span.in_scope(|| route.target.deliver(event))?;
     Ok(Box::pin(delivery.instrument(span)))
 }

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use api::{BookStore, CatalogueVersion, Page, StoreError};
 use async_trait::async_trait;
-use domain::item;
+use domain::item::{self, ChangeTrace};
 use domain::{Book, BookName};
 use rusqlite::{Connection, OptionalExtension, params};
+use tracing::Instrument as _;
 
 use super::{Db, DbError, stream};
 
@@ -53,8 +54,8 @@ impl CatalogueVersion for EmbeddedBookStore {
     }
 }
 
-fn item_json(book: &Book) -> Result<String, DbError> {
-    Ok(serde_json::to_string(&item::to_item(book))?)
+fn item_json(book: &Book, trace: &ChangeTrace) -> Result<String, DbError> {
+    Ok(serde_json::to_string(&item::to_traced_item(book, trace))?)
 }
 
 fn book_from_json(json: &str) -> Result<Book, DbError> {
@@ -90,8 +91,9 @@ fn into_result<T>(outcome: Result<Outcome<T>, DbError>) -> Result<T, StoreError>
 #[async_trait]
 impl BookStore for EmbeddedBookStore {
     async fn add(&self, book: &Book) -> Result<(), StoreError> {
+        let (span, trace) = api::spans::store_write("add", &book.name);
         let book = book.clone();
-        let json = item_json(&book).map_err(StoreError::unavailable)?;
+        let json = item_json(&book, &trace).map_err(StoreError::unavailable)?;
         let outcome = self
             .db
             .write_appending(move |conn| {
@@ -106,12 +108,15 @@ impl BookStore for EmbeddedBookStore {
                 append_record(conn, "INSERT", &book.name, Some(&json), None)?;
                 Ok(Outcome::Done(()))
             })
+            .instrument(span)
             .await;
         self.written();
         into_result(outcome)
     }
 
+    /// The `REMOVE` record carries no trace, as on DynamoDB (a deleted item has no new image).
     async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
+        let (span, _) = api::spans::store_write("remove", name);
         let name = name.clone();
         let outcome = self
             .db
@@ -127,6 +132,7 @@ impl BookStore for EmbeddedBookStore {
                 append_record(conn, "REMOVE", &name, None, Some(&old))?;
                 Ok(Outcome::Done(book))
             })
+            .instrument(span)
             .await;
         self.written();
         into_result(outcome)

@@ -10,6 +10,7 @@
 //! - [`streams`]: reads a table's DynamoDB stream back through the Streams API and presents
 //!   the records as the Lambda event the processor gets, as Lambda's event source mapping does.
 //! - [`template`]: reads `template.yaml`, so tests use the very rule patterns that deploy.
+//! - [`otlp`]: an OTLP/HTTP trace receiver, where processes under test export their spans.
 //! - [`runtime`]: a Lambda Runtime API on 127.0.0.1 that runs a Lambda binary for real and
 //!   invokes it with events.
 
@@ -18,6 +19,7 @@ pub mod bus;
 pub mod introspection;
 pub mod management;
 pub mod moto;
+pub mod otlp;
 pub mod runtime;
 pub mod streams;
 pub mod tables;

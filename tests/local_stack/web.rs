@@ -128,7 +128,7 @@ async fn preflights_are_answered_for_listed_origins_only() {
     assert_eq!(headers["access-control-allow-methods"], "GET, POST");
     assert_eq!(
         headers["access-control-allow-headers"],
-        "content-type, authorization, last-event-id"
+        "content-type, authorization, last-event-id, traceparent"
     );
     assert_eq!(headers["access-control-max-age"], "600");
     assert_eq!(headers["vary"], "Origin");

@@ -30,7 +30,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    let telemetry = telemetry::Telemetry::lambda("api")?;
+    api::metrics::describe();
     let config = Config::try_parse()?;
     let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
     let books = Arc::new(DynamoBookStore::new(client.clone(), config.table_name));
@@ -45,7 +46,18 @@ async fn main() -> Result<(), lambda_http::Error> {
         ..api::ApiOptions::default()
     };
     let schema = api::build_schema_with(books, activity, api::EventHub::default(), None, &options);
-    let router = api::router::router_with(schema, &options);
+    // Each request's spans are exported before it is answered, when exporting: the
+    // environment may be frozen once it is.
+    let router = api::router::router_with(schema, &options).layer(axum::middleware::from_fn(
+        move |request, next: axum::middleware::Next| {
+            let telemetry = telemetry.clone();
+            async move {
+                let response = next.run(request).await;
+                telemetry.flush().await;
+                response
+            }
+        },
+    ));
     lambda_http::run(router.map_request(|request| with_grant(serve_under_stage(request)))).await
 }
 

@@ -29,7 +29,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = &telemetry::Telemetry::lambda("authorizer")?;
     let config = Config::try_parse()?;
     let verifier = match (
         config.jwt_issuer.filter(|i| !i.is_empty()),
@@ -57,7 +57,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let authorizer = &Authorizer::new(verifier, config.public_access);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Ok::<_, lambda_runtime::Error>(authorizer.handle(event.payload).await?)
+        let answer = authorizer.handle(event.payload).await;
+        telemetry.flush().await;
+        Ok::<_, lambda_runtime::Error>(answer?)
     }))
     .await
 }

@@ -46,7 +46,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = &telemetry::Telemetry::lambda("notifier")?;
+    api::metrics::describe();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name)
@@ -81,14 +82,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         pump: Some(pump),
     };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        // An SQS event is `{"Records": [...]}`; an EventBridge event has none.
-        if event.payload.get("Records").is_some() {
-            let batch: SqsEvent = serde_json::from_value(event.payload)?;
-            Ok::<_, lambda_runtime::Error>(serde_json::to_value(notifier.deliver(batch).await)?)
-        } else {
-            let event: EventBridgeEvent<Value> = serde_json::from_value(event.payload)?;
-            Ok(serde_json::to_value(notifier.notify(event).await?)?)
+        let answer = async {
+            // An SQS event is `{"Records": [...]}`; an EventBridge event has none.
+            if event.payload.get("Records").is_some() {
+                let batch: SqsEvent = serde_json::from_value(event.payload)?;
+                Ok::<_, lambda_runtime::Error>(serde_json::to_value(notifier.deliver(batch).await)?)
+            } else {
+                let event: EventBridgeEvent<Value> = serde_json::from_value(event.payload)?;
+                Ok(serde_json::to_value(notifier.notify(event).await?)?)
+            }
         }
+        .await;
+        telemetry.flush().await;
+        answer
     }))
     .await
 }

@@ -24,7 +24,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = &telemetry::Telemetry::lambda("subscriptions")?;
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let connections = DynamoConnectionStore::from_sdk_config(&aws, config.connections_table_name);
@@ -50,22 +50,27 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     );
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
-            let endpoint = fixed
-                .clone()
-                .or_else(|| ManagementApi::endpoint_of(&event.payload))
-                .ok_or("the request names no API Gateway domain and stage")?;
-            let api = ManagementApi::new(aws, &endpoint);
-            Ok::<_, lambda_runtime::Error>(
-                api::gateway::handle_message(
-                    event.payload,
-                    schema,
-                    connections,
-                    &api,
-                    limits,
-                    Some(resume),
+            let answer = async {
+                let endpoint = fixed
+                    .clone()
+                    .or_else(|| ManagementApi::endpoint_of(&event.payload))
+                    .ok_or("the request names no API Gateway domain and stage")?;
+                let api = ManagementApi::new(aws, &endpoint);
+                Ok::<_, lambda_runtime::Error>(
+                    api::gateway::handle_message(
+                        event.payload,
+                        schema,
+                        connections,
+                        &api,
+                        limits,
+                        Some(resume),
+                    )
+                    .await?,
                 )
-                .await?,
-            )
+            }
+            .await;
+            telemetry.flush().await;
+            answer
         },
     ))
     .await

@@ -27,6 +27,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::{
     CarriedResults, ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue,
@@ -282,11 +283,23 @@ impl Notifier<'_> {
     /// the index with more pages than one, for other invocations to read on). Fails (for the
     /// rule's asynchronous invocation to retry) only when the index cannot be read or a message
     /// cannot be queued.
+    ///
+    /// It runs in a `subscription.fanout` span that continues the event's trace.
     pub async fn notify(&self, event: EventBridgeEvent<Value>) -> Result<Notified, GatewayError> {
         let raw = serde_json::to_value(&event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let book_event = BookEvent::from_eventbridge(event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
+        let span = crate::spans::subscription_fanout(&book_event);
+        self.notify_event(raw, book_event).instrument(span).await
+    }
+
+    /// [`notify`](Self::notify), once the event is read.
+    async fn notify_event(
+        &self,
+        raw: Value,
+        book_event: BookEvent,
+    ) -> Result<Notified, GatewayError> {
         let event_id = book_event.event_id.clone();
         let starts = (0..self.connections.shards()).map(|shard| (shard, None));
         let mut read = self
@@ -311,6 +324,9 @@ impl Notifier<'_> {
                     .await?;
                 notified.queued += 1;
             }
+        }
+        if notified.sent > 0 {
+            crate::metrics::posted(&book_event);
         }
         if let Some(pump) = &self.pump {
             // The event is in the journal: every subscription that resumed is delivered to

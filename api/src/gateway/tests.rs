@@ -448,6 +448,8 @@ impl MemoryJournal {
             detail_type: DetailType::Added,
             occurred_at: chrono::Utc::now(),
             book: domain::BookSnapshot::name_only(domain::BookName::parse(name).unwrap()),
+            traceparent: None,
+            committed_at: None,
         });
     }
 }

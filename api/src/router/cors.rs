@@ -46,7 +46,7 @@ pub(super) async fn cors(
             );
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type, authorization, last-event-id"),
+                HeaderValue::from_static("content-type, authorization, last-event-id, traceparent"),
             );
             headers.insert(
                 header::ACCESS_CONTROL_MAX_AGE,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::{AppState, responses};
 use crate::operation::operation_type;
 use crate::options::{Credential, WriteGrant};
+use crate::spans::IncomingTrace;
 
 /// The media type of the GraphQL-over-HTTP spec; clients that accept it get status codes that
 /// say what kind of failure an error is.
@@ -66,6 +67,13 @@ pub(super) async fn graphql(
     let mut request = request.data(Credential::from_authorization(authorization));
     if let Some(Extension(grant)) = grant {
         request = request.data(grant);
+    }
+    if let Some(trace) = IncomingTrace::from_value(
+        headers
+            .get(telemetry::context::TRACEPARENT)
+            .and_then(|value| value.to_str().ok()),
+    ) {
+        request = request.data(trace);
     }
     state.documents.prepare(&mut request);
     if method == Method::GET && is_mutation(&mut request) {

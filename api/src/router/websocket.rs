@@ -30,6 +30,7 @@ use crate::limits::connection::{
     self, ConnectionLimits, INVALID_SUBSCRIPTION_ID, TokenBucket, valid_subscription_id,
 };
 use crate::options::Credential;
+use crate::spans::IncomingTrace;
 
 /// The read buffer of each socket. tungstenite's default, 128 KiB, is zeroed on every read and
 /// held per connection (640 MB for 5,000 subscribers); a client's messages are small, and a
@@ -70,13 +71,21 @@ pub(super) async fn subscribe(
 
 /// Accepts a connection's `connection_init` payload and keeps the credential it carries
 /// (`{"authorization": "Bearer <token>"}`) for the subscriptions' guard, which answers
-/// `UNAUTHENTICATED` when a token is required and this is not it.
+/// `UNAUTHENTICATED` when a token is required and this is not it; and the `traceparent` it
+/// carries, if any, which the connection's operations continue.
 async fn accept_connection(payload: serde_json::Value) -> async_graphql::Result<Data> {
     let authorization = ["authorization", "Authorization"]
         .iter()
         .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str));
     let mut data = Data::default();
     data.insert(Credential::from_authorization(authorization));
+    if let Some(trace) = IncomingTrace::from_value(
+        payload
+            .get(telemetry::context::TRACEPARENT)
+            .and_then(serde_json::Value::as_str),
+    ) {
+        data.insert(trace);
+    }
     Ok(data)
 }
 

@@ -21,7 +21,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    let telemetry = &telemetry::Telemetry::lambda("processor")?;
+    processor::metrics::describe();
     let config = Config::try_parse()?;
     let aws = aws_config::load_from_env().await;
     let publisher = Journaled::new(
@@ -37,9 +38,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let poison = SqsPoisonRecords::new(aws_sdk_sqs::Client::new(&aws), config.poison_queue_url);
     let (publisher, poison) = (&publisher, &poison);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| async move {
-        Ok::<_, lambda_runtime::Error>(
-            processor::handle_batch(event.payload, publisher, poison).await,
-        )
+        let response = processor::handle_batch(event.payload, publisher, poison).await;
+        telemetry.flush().await;
+        Ok::<_, lambda_runtime::Error>(response)
     }))
     .await
 }

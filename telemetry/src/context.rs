@@ -1,0 +1,145 @@
+//! W3C trace context (<https://www.w3.org/TR/trace-context/>) for `tracing` spans.
+//!
+//! A hop's span declares the fields `trace_id` (and, where it has one, `event_id`) as
+//! `tracing::field::Empty`; [`continue_trace`] makes the span a child of the context the
+//! incoming `traceparent` names (or leaves it in its own trace when none arrives) and records
+//! its trace id in `trace_id`, so every log line inside the span carries it. [`traceparent`]
+//! is what the hop hands on. Order matters: a span's parent can only be set before the span is
+//! entered or anything reads its context (`tracing-opentelemetry` starts the span then), so
+//! call [`continue_trace`] first, before entering it or calling [`traceparent`], [`trace_id`]
+//! or [`link`].
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The header (and carrier key) of the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The context a `traceparent` names, when it is a valid one.
+fn extract(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.trim().to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    context.span().span_context().is_valid().then_some(context)
+}
+
+/// Makes `span` continue the trace `traceparent` names, when it names one (one that does
+/// not parse is ignored: the span stays in its own trace), and records the span's trace id in
+/// its `trace_id` field.
+pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
+    if let Some(parent) = traceparent.and_then(extract)
+        && let Err(error) = span.set_parent(parent)
+    {
+        tracing::debug!(%error, "cannot continue the incoming trace");
+    }
+    if let Some(trace_id) = trace_id(span) {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
+/// Links `span` to the span `traceparent` names (one it does not continue: another record of
+/// the same batch), when it names one.
+pub fn link(span: &Span, traceparent: &str) {
+    if let Some(linked) = extract(traceparent) {
+        span.add_link(linked.span().span_context().clone());
+    }
+}
+
+/// The trace id of `span` (32 lowercase hex digits), when it is traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The `traceparent` that names `span`, to hand on to the next hop, when it is traced.
+pub fn traceparent(span: &Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// What `body` returns, and the spans it ended (read before the provider is dropped: its
+    /// shutdown empties the in-memory exporter).
+    fn traced<T>(body: impl FnOnce() -> T) -> (T, Vec<SpanData>) {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let value = tracing::subscriber::with_default(subscriber, body);
+        (value, exporter.get_finished_spans().unwrap())
+    }
+
+    #[test]
+    fn a_span_continues_the_incoming_trace_and_hands_on_its_own_span() {
+        let (handed_on, spans) = traced(|| {
+            let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+            continue_trace(&span, Some(INCOMING));
+            assert_eq!(
+                trace_id(&span).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+            traceparent(&span).unwrap()
+        });
+        let parts: Vec<&str> = handed_on.split('-').collect();
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7", "the hop's own span id");
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].name, "hop");
+        assert_eq!(
+            spans[0].parent_span_id.to_string(),
+            "00f067aa0ba902b7",
+            "a child of the incoming span"
+        );
+        assert_eq!(spans[0].span_context.span_id().to_string(), parts[2]);
+    }
+
+    #[test]
+    fn without_or_with_a_bad_traceparent_a_span_starts_its_own_trace() {
+        let (ids, spans) = traced(|| {
+            [None, Some("00-zz-00f067aa0ba902b7-01"), Some("garbage")].map(|incoming| {
+                let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+                continue_trace(&span, incoming);
+                trace_id(&span).unwrap()
+            })
+        });
+        assert_eq!(spans.len(), 3);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id != "4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn without_the_layer_nothing_is_handed_on() {
+        let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+        continue_trace(&span, Some(INCOMING));
+        assert_eq!(traceparent(&span), None);
+        assert_eq!(trace_id(&span), None);
+    }
+}

@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use outboxdemo::stack::Storage;
 use serde_json::json;
 use telemetry::subscriber::{self, LogFormat};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -163,6 +164,48 @@ async fn one_trace_runs_from_the_mutation_to_the_consumer_and_the_subscriber() {
         .find(|span| span.span_context.span_id() == handled.parent_span_id)
         .expect("book-removed continues the processor's publish");
     assert_eq!(published.name, "processor.publish");
+
+    // Over the WebSocket, the trace comes with `connection_init`; a mutation sent there
+    // continues it.
+    let over_socket = "5b8efff798038103d269b633813fc60c";
+    let mut request = format!("ws://{}/graphql/ws", app.address)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let traceparent = format!("00-{over_socket}-{CLIENT_SPAN}-01");
+    support::send(
+        &mut socket,
+        json!({"type": "connection_init", "payload": {"traceparent": traceparent}}),
+    )
+    .await;
+    assert_eq!(support::next(&mut socket).await["type"], "connection_ack");
+    let mutation = r#"mutation { addBook(input: {name: "Emma", authors: ["Jane Austen"], publishedYear: 1815}) { name } }"#;
+    support::send(&mut socket, support::subscribe("m", mutation)).await;
+    let answer = support::next(&mut socket).await;
+    assert_eq!(
+        answer["payload"]["data"]["addBook"]["name"], "Emma",
+        "{answer}"
+    );
+    let trace_id = TraceId::from_hex(over_socket).unwrap();
+    let spans: Vec<SpanData> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|span| span.span_context.trace_id() == trace_id)
+        .collect();
+    let request = only(&spans, "graphql.request");
+    assert_eq!(
+        request.parent_span_id,
+        SpanId::from_hex(CLIENT_SPAN).unwrap()
+    );
+    assert_eq!(
+        only(&spans, "store.write").parent_span_id,
+        request.span_context.span_id()
+    );
 
     app.stop().await;
 }

@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- fanout     # 5,000 WebSocket subscribers: addBook ack → the last one has it
 //! cargo run --release --example bench -- replay     # 100,000 events replayed after a cursor (log, hub, WebSocket); a slow subscriber caught up
 //! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build --profile lambda)
+//! cargo run --release --example bench -- spans      # what a hop's spans cost: no subscriber, export off, export on
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops on the first surprise
@@ -33,7 +34,8 @@ async fn main() {
         "fanout" => fanout().await,
         "replay" => replay().await,
         "lambda" => lambda().await,
-        _ => eprintln!("usage: bench mapping|writes|latency|fanout|replay|lambda"),
+        "spans" => spans(),
+        _ => eprintln!("usage: bench mapping|writes|latency|fanout|replay|lambda|spans"),
     }
 }
 
@@ -891,4 +893,93 @@ async fn lambda() {
             peak_kib as f64 / 1024.0
         );
     }
+}
+
+/// One mutation's hop through the api, as its spans see it: the request continues the client's
+/// trace, the store write is made inside it and hands its `traceparent` on (into the item),
+/// and each is entered a few times, as an async span is on each poll.
+fn hop() -> Option<String> {
+    const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = tracing::info_span!("graphql.request", trace_id = tracing::field::Empty);
+    telemetry::continue_trace(&request, Some(INCOMING));
+    for _ in 0..3 {
+        let _polled = request.enter();
+    }
+    let _in_request = request.enter();
+    let write = tracing::info_span!(
+        "store.write",
+        trace_id = tracing::field::Empty,
+        event_id = "0123456789abcdef0123456789abcdef"
+    );
+    telemetry::continue_trace(&write, None);
+    for _ in 0..3 {
+        let _polled = write.enter();
+    }
+    telemetry::traceparent(&write)
+}
+
+/// ns per hop (two spans) on this thread, under `dispatch` (`None`: no subscriber at all).
+fn time_hops(dispatch: Option<tracing::Dispatch>) -> f64 {
+    let rounds = 200_000u32;
+    let run = || {
+        for _ in 0..rounds / 10 {
+            std::hint::black_box(hop());
+        }
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(hop());
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(rounds)
+    };
+    match dispatch {
+        Some(dispatch) => tracing::dispatcher::with_default(&dispatch, run),
+        None => run(),
+    }
+}
+
+/// What a hop's spans cost, in three set-ups, five runs each, interleaved; prints each run's
+/// ns per hop and the median. The log layer formats no line (no event is logged).
+fn spans() {
+    use opentelemetry_sdk::testing::trace::NoopSpanExporter;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use telemetry::subscriber::{self, LogFormat};
+
+    let off = subscriber::local_provider();
+    let on = SdkTracerProvider::builder()
+        .with_batch_exporter(NoopSpanExporter::new())
+        .build();
+    let setups: [(&str, Option<tracing::Dispatch>); 3] = [
+        ("no subscriber", None),
+        (
+            "export off",
+            Some(tracing::Dispatch::new(subscriber::subscriber(
+                LogFormat::Text,
+                &off,
+                false,
+            ))),
+        ),
+        (
+            "export on (batch processor, exporter that discards)",
+            Some(tracing::Dispatch::new(subscriber::subscriber(
+                LogFormat::Text,
+                &on,
+                true,
+            ))),
+        ),
+    ];
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for _ in 0..5 {
+        for (i, (_, dispatch)) in setups.iter().enumerate() {
+            runs[i].push(time_hops(dispatch.clone()));
+        }
+    }
+    println!(
+        "spans: one hop (graphql.request + store.write, each entered 4 times, traceparent handed on), ns"
+    );
+    for ((name, _), mut times) in setups.iter().zip(runs) {
+        let shown: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
+        times.sort_by(f64::total_cmp);
+        println!("  {name}: {} (median {:.0})", shown.join(" / "), times[2]);
+    }
+    let _ = on.shutdown();
 }

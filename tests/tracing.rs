@@ -40,7 +40,7 @@ async fn one_trace_runs_from_the_mutation_to_the_consumer_and_the_subscriber() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    subscriber::install(LogFormat::Text, &provider).unwrap();
+    subscriber::install(LogFormat::Text, &provider, true).unwrap();
     let app = support::spawn_with(support::quick_settings(Storage::InMemory)).await;
 
     let mut socket = support::socket(&app).await;

@@ -9,9 +9,7 @@
 //! call [`continue_trace`] first, before entering it or calling [`traceparent`], [`trace_id`]
 //! or [`link`].
 
-use std::collections::HashMap;
-
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
@@ -20,9 +18,38 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The header (and carrier key) of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The one header the propagator reads or writes here: a carrier of `traceparent` alone (no
+/// `tracestate` is carried), so that a hop does not build a map for it.
+#[derive(Default)]
+struct Carrier<'a> {
+    read: &'a str,
+    written: Option<String>,
+}
+
+impl Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        key.eq_ignore_ascii_case(TRACEPARENT).then_some(self.read)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+impl Injector for Carrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if key.eq_ignore_ascii_case(TRACEPARENT) {
+            self.written = Some(value);
+        }
+    }
+}
+
 /// The context a `traceparent` names, when it is a valid one.
 fn extract(traceparent: &str) -> Option<opentelemetry::Context> {
-    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.trim().to_owned())]);
+    let carrier = Carrier {
+        read: traceparent.trim(),
+        written: None,
+    };
     let context = TraceContextPropagator::new().extract(&carrier);
     context.span().span_context().is_valid().then_some(context)
 }
@@ -36,8 +63,10 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     {
         tracing::debug!(%error, "cannot continue the incoming trace");
     }
-    if let Some(trace_id) = trace_id(span) {
-        span.record("trace_id", tracing::field::display(trace_id));
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
     }
 }
 
@@ -64,9 +93,9 @@ pub fn traceparent(span: &Span) -> Option<String> {
     if !context.span().span_context().is_valid() {
         return None;
     }
-    let mut carrier = HashMap::new();
+    let mut carrier = Carrier::default();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove(TRACEPARENT)
+    carrier.written
 }
 
 #[cfg(test)]

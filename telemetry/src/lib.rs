@@ -65,10 +65,11 @@ impl Telemetry {
     /// [`export::provider`] says.
     pub fn install(service: &'static str, format: LogFormat) -> Result<Self, InitError> {
         let provider = export::provider(service)?;
-        subscriber::install(format, &provider)?;
+        let exporting = export::requested();
+        subscriber::install(format, &provider, exporting)?;
         Ok(Self {
             provider,
-            exporting: export::requested(),
+            exporting,
             #[cfg(feature = "emf")]
             metrics: None,
         })

@@ -7,9 +7,16 @@
 //!   `event_id` fields even when the hop's own level is filtered out.
 //! - OpenTelemetry, for every span at `info` or above (and no events): trace context must not
 //!   depend on how much is logged. The provider decides what leaves the process.
+//!
+//! What a span costs when nothing is exported ([`local_provider`]) is its ids and its place in
+//! the trace, and nothing more: the sampler drops each span as it starts, so the SDK records
+//! nothing for it, and the layer gathers none of the attributes an exported span would carry
+//! (code location, thread, busy and idle time). No layer activates the OpenTelemetry context on
+//! entering a span, whether exporting or not: nothing in the workspace reads it, and a span's
+//! parent is the `tracing` span it is made in.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{FilterExt as _, filter_fn};
@@ -35,16 +42,38 @@ fn traced_span(metadata: &Metadata<'_>) -> bool {
 }
 
 /// A provider that exports nothing: spans have trace ids and hand their context on, and
-/// nothing leaves the process.
+/// nothing leaves the process. Its sampler records no span, so the `traceparent` a span hands
+/// on says it was not sampled (flags `00`), which is true: a function that does not export
+/// should not tell the next one that it recorded its part of the trace.
 pub fn local_provider() -> SdkTracerProvider {
-    SdkTracerProvider::builder().build()
+    SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOff)
+        .build()
 }
 
-/// Installs the process's subscriber (see the module docs), tracing through `provider`.
-/// Fails when the process has one already.
-pub fn install(format: LogFormat, provider: &SdkTracerProvider) -> Result<(), TryInitError> {
+/// Installs the process's subscriber (see [`subscriber`]). Fails when the process has one
+/// already.
+pub fn install(
+    format: LogFormat,
+    provider: &SdkTracerProvider,
+    exporting: bool,
+) -> Result<(), TryInitError> {
+    subscriber(format, provider, exporting).try_init()
+}
+
+/// The process's subscriber (see the module docs), tracing through `provider`; `exporting`
+/// says whether `provider` sends spans anywhere, and so whether spans gather the attributes
+/// only an exported span is read for.
+pub fn subscriber(
+    format: LogFormat,
+    provider: &SdkTracerProvider,
+    exporting: bool,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
     let env = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let colour = cfg!(feature = "ansi") && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let lines = match format {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines
@@ -55,9 +84,49 @@ pub fn install(format: LogFormat, provider: &SdkTracerProvider) -> Result<(), Tr
     };
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SCOPE))
+        .with_context_activation(false)
+        .with_location(exporting)
+        .with_threads(exporting)
+        .with_tracked_inactivity(exporting)
         .with_filter(filter_fn(traced_span));
     tracing_subscriber::registry()
         .with(lines.with_filter(env().or(filter_fn(traced_span))))
         .with(otel)
-        .try_init()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{continue_trace, trace_id, traceparent};
+
+    const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Export off records nothing, and still carries the trace: a hop continues the incoming
+    /// trace, a span made inside it is in the same trace, and each hands on its own span id.
+    #[test]
+    fn without_export_spans_carry_the_trace_and_record_nothing() {
+        let provider = local_provider();
+        let subscriber = subscriber(LogFormat::Text, &provider, false);
+        let (hop, inner) = tracing::subscriber::with_default(subscriber, || {
+            let hop = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+            continue_trace(&hop, Some(INCOMING));
+            let inner = hop.in_scope(|| {
+                let inner = tracing::info_span!("inner", trace_id = tracing::field::Empty);
+                continue_trace(&inner, None);
+                (trace_id(&inner).unwrap(), traceparent(&inner).unwrap())
+            });
+            ((trace_id(&hop).unwrap(), traceparent(&hop).unwrap()), inner)
+        });
+        assert_eq!(hop.0, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(inner.0, hop.0, "the inner span is in the hop's trace");
+        let hop_parts: Vec<&str> = hop.1.split('-').collect();
+        let inner_parts: Vec<&str> = inner.1.split('-').collect();
+        assert_eq!(hop_parts[1], hop.0);
+        assert_eq!(inner_parts[1], hop.0);
+        assert_ne!(hop_parts[2], "00f067aa0ba902b7", "the hop's own span id");
+        assert_ne!(inner_parts[2], hop_parts[2], "the inner span's own span id");
+        assert_eq!(hop_parts[3], "00", "not sampled: nothing was recorded");
+    }
 }

@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- replay     # 100,000 events replayed after a cursor (log, hub, WebSocket); a slow subscriber caught up
 //! cargo run --release --example bench -- lambda     # bootstrap sizes, exec → first poll, peak RSS (after cargo lambda build --profile lambda)
 //! cargo run --release --example bench -- spans      # what a hop's spans cost: no subscriber, export off, export on
+//!                                                   # (`spans N`: N hops a run, e.g. fewer under valgrind)
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops on the first surprise
@@ -918,9 +919,9 @@ fn hop() -> Option<String> {
     telemetry::traceparent(&write)
 }
 
-/// ns per hop (two spans) on this thread, under `dispatch` (`None`: no subscriber at all).
-fn time_hops(dispatch: Option<tracing::Dispatch>) -> f64 {
-    let rounds = 200_000u32;
+/// ns per hop (two spans) over `rounds` hops on this thread, under `dispatch` (`None`: no
+/// subscriber at all).
+fn time_hops(dispatch: Option<tracing::Dispatch>, rounds: u32) -> f64 {
     let run = || {
         for _ in 0..rounds / 10 {
             std::hint::black_box(hop());
@@ -967,10 +968,13 @@ fn spans() {
             ))),
         ),
     ];
+    let rounds = std::env::args().nth(2).map_or(200_000, |rounds| {
+        rounds.parse().expect("spans N: a number of hops")
+    });
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for _ in 0..5 {
         for (i, (_, dispatch)) in setups.iter().enumerate() {
-            runs[i].push(time_hops(dispatch.clone()));
+            runs[i].push(time_hops(dispatch.clone(), rounds));
         }
     }
     println!(

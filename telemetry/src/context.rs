@@ -8,12 +8,22 @@
 //! entered or anything reads its context (`tracing-opentelemetry` starts the span then), so
 //! call [`continue_trace`] first, before entering it or calling [`traceparent`], [`trace_id`]
 //! or [`link`].
+//!
+//! A span's context comes from one of two layers. When spans are exported, the OpenTelemetry
+//! layer's; when nothing is exported, [`ContextLayer`]'s, which keeps a span's ids and nothing
+//! else: a trace id (its parent's, or the incoming one) and a span id of its own, handed on as
+//! not sampled (flags `00`), since nothing was recorded.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tracing::Span;
+use tracing::span::{Attributes, Id};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
 
 /// The header (and carrier key) of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -54,25 +64,85 @@ fn extract(traceparent: &str) -> Option<opentelemetry::Context> {
     context.span().span_context().is_valid().then_some(context)
 }
 
+/// A span's trace context when nothing is exported, kept by [`ContextLayer`].
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    trace_id: TraceId,
+    span_id: SpanId,
+}
+
+/// The layer that gives each span its trace context when nothing is exported, in place of the
+/// OpenTelemetry layer, at a fraction of its cost (BENCHMARKS.md, "Telemetry"): a span made
+/// inside another is in its trace (else in a new one), and has a span id of its own; nothing
+/// about it is recorded.
+#[derive(Debug, Default)]
+pub struct ContextLayer {
+    ids: RandomIdGenerator,
+}
+
+impl<S> Layer<S> for ContextLayer
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, _attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let trace_id = span
+            .parent()
+            .and_then(|parent| parent.extensions().get::<Ids>().map(|ids| ids.trace_id))
+            .unwrap_or_else(|| self.ids.new_trace_id());
+        span.extensions_mut().insert(Ids {
+            trace_id,
+            span_id: self.ids.new_span_id(),
+        });
+    }
+}
+
+/// `change` applied to the ids [`ContextLayer`] keeps for `span`; `None` when it keeps none
+/// (the OpenTelemetry layer traces the span, or nothing does).
+fn with_ids<T>(span: &Span, change: impl FnOnce(&mut Ids) -> T) -> Option<T> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let data = registry.span(id)?;
+        let mut extensions = data.extensions_mut();
+        extensions.get_mut::<Ids>().map(change)
+    })
+    .flatten()
+}
+
 /// Makes `span` continue the trace `traceparent` names, when it names one (one that does
 /// not parse is ignored: the span stays in its own trace), and records the span's trace id in
 /// its `trace_id` field.
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
-    if let Some(parent) = traceparent.and_then(extract)
-        && let Err(error) = span.set_parent(parent)
-    {
-        tracing::debug!(%error, "cannot continue the incoming trace");
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+    let incoming = traceparent.and_then(extract);
+    let kept = with_ids(span, |ids| {
+        if let Some(parent) = &incoming {
+            ids.trace_id = parent.span().span_context().trace_id();
+        }
+        ids.trace_id
+    });
+    let trace_id = kept.or_else(|| {
+        if let Some(parent) = incoming
+            && let Err(error) = span.set_parent(parent)
+        {
+            tracing::debug!(%error, "cannot continue the incoming trace");
+        }
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then(|| span_context.trace_id())
+    });
+    if let Some(trace_id) = trace_id {
+        span.record("trace_id", tracing::field::display(trace_id));
     }
 }
 
 /// Links `span` to the span `traceparent` names (one it does not continue: another record of
-/// the same batch), when it names one.
+/// the same batch), when it names one and spans are exported.
 pub fn link(span: &Span, traceparent: &str) {
+    if with_ids(span, |_| ()).is_some() {
+        return;
+    }
     if let Some(linked) = extract(traceparent) {
         span.add_link(linked.span().span_context().clone());
     }
@@ -80,6 +150,9 @@ pub fn link(span: &Span, traceparent: &str) {
 
 /// The trace id of `span` (32 lowercase hex digits), when it is traced.
 pub fn trace_id(span: &Span) -> Option<String> {
+    if let Some(trace_id) = with_ids(span, |ids| ids.trace_id) {
+        return Some(trace_id.to_string());
+    }
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context
@@ -89,6 +162,9 @@ pub fn trace_id(span: &Span) -> Option<String> {
 
 /// The `traceparent` that names `span`, to hand on to the next hop, when it is traced.
 pub fn traceparent(span: &Span) -> Option<String> {
+    if let Some(ids) = with_ids(span, |ids| *ids) {
+        return Some(format!("00-{}-{}-00", ids.trace_id, ids.span_id));
+    }
     let context = span.context();
     if !context.span().span_context().is_valid() {
         return None;

@@ -6,13 +6,14 @@
 //!   `traceparent` string names ([`continue_trace`]) and hands its own on ([`traceparent`]),
 //!   through the item, the stream record and the event's `metadata.traceparent`.
 //! - [`subscriber`]: the `tracing` subscriber a binary installs: log lines (text or JSON)
-//!   filtered by `RUST_LOG`, and the OpenTelemetry layer that gives every hop span its trace.
+//!   filtered by `RUST_LOG`, and the layer that gives every hop span its trace: OpenTelemetry's
+//!   when spans are exported, else [`context::ContextLayer`], which keeps the ids alone.
 //! - [`export`]: the tracer provider: OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //!   set, nothing exported otherwise.
 //! - [`Telemetry`]: all of it for one process, set up once at start; in a Lambda (with the
 //!   `emf` feature) also the `metrics` recorder that writes CloudWatch's embedded metric format.
 //!
-//! Without the OpenTelemetry layer (a library's unit tests) the helpers do nothing: no trace
+//! Without either layer (a library's unit tests) the helpers do nothing: no trace
 //! id is recorded and no `traceparent` is handed on.
 
 pub mod context;

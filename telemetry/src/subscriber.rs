@@ -8,20 +8,21 @@
 //! - OpenTelemetry, for every span at `info` or above (and no events): trace context must not
 //!   depend on how much is logged. The provider decides what leaves the process.
 //!
-//! What a span costs when nothing is exported ([`local_provider`]) is its ids and its place in
-//! the trace, and nothing more: the sampler drops each span as it starts, so the SDK records
-//! nothing for it, and the layer gathers none of the attributes an exported span would carry
-//! (code location, thread, busy and idle time). No layer activates the OpenTelemetry context on
-//! entering a span, whether exporting or not: nothing in the workspace reads it, and a span's
-//! parent is the `tracing` span it is made in.
+//! When nothing is exported, [`crate::context::ContextLayer`] takes the OpenTelemetry layer's
+//! place: a span costs its ids and its place in the trace, and nothing is recorded. When
+//! spans are exported, the OpenTelemetry layer does not activate the OpenTelemetry context on
+//! entering a span: nothing in the workspace reads it, and a span's parent is the `tracing`
+//! span it is made in.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
+
+use crate::context::ContextLayer;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,14 +42,10 @@ fn traced_span(metadata: &Metadata<'_>) -> bool {
     metadata.is_span() && *metadata.level() <= Level::INFO
 }
 
-/// A provider that exports nothing: spans have trace ids and hand their context on, and
-/// nothing leaves the process. Its sampler records no span, so the `traceparent` a span hands
-/// on says it was not sampled (flags `00`), which is true: a function that does not export
-/// should not tell the next one that it recorded its part of the trace.
+/// A provider that exports nothing (export off: no span is traced through it, see
+/// [`subscriber`]).
 pub fn local_provider() -> SdkTracerProvider {
-    SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOff)
-        .build()
+    SdkTracerProvider::builder().build()
 }
 
 /// Installs the process's subscriber (see [`subscriber`]). Fails when the process has one
@@ -61,9 +58,8 @@ pub fn install(
     subscriber(format, provider, exporting).try_init()
 }
 
-/// The process's subscriber (see the module docs), tracing through `provider`; `exporting`
-/// says whether `provider` sends spans anywhere, and so whether spans gather the attributes
-/// only an exported span is read for.
+/// The process's subscriber (see the module docs): tracing through `provider` when
+/// `exporting` (it sends spans somewhere), else keeping each span's trace context alone.
 pub fn subscriber(
     format: LogFormat,
     provider: &SdkTracerProvider,
@@ -82,16 +78,17 @@ pub fn subscriber(
             .with_span_list(false)
             .boxed(),
     };
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(SCOPE))
-        .with_context_activation(false)
-        .with_location(exporting)
-        .with_threads(exporting)
-        .with_tracked_inactivity(exporting)
-        .with_filter(filter_fn(traced_span));
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SCOPE))
+            .with_context_activation(false)
+            .with_filter(filter_fn(traced_span))
+    });
+    let context = (!exporting).then(|| ContextLayer::default().with_filter(filter_fn(traced_span)));
     tracing_subscriber::registry()
         .with(lines.with_filter(env().or(filter_fn(traced_span))))
         .with(otel)
+        .with(context)
 }
 
 #[cfg(test)]
@@ -104,29 +101,77 @@ mod tests {
     const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     /// Export off records nothing, and still carries the trace: a hop continues the incoming
-    /// trace, a span made inside it is in the same trace, and each hands on its own span id.
+    /// trace, a span made inside it is in the same trace, and each hands on its own span id;
+    /// a span made outside any starts a trace of its own.
     #[test]
     fn without_export_spans_carry_the_trace_and_record_nothing() {
-        let provider = local_provider();
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
         let subscriber = subscriber(LogFormat::Text, &provider, false);
-        let (hop, inner) = tracing::subscriber::with_default(subscriber, || {
+        let (hop, inner, elsewhere) = tracing::subscriber::with_default(subscriber, || {
             let hop = tracing::info_span!("hop", trace_id = tracing::field::Empty);
             continue_trace(&hop, Some(INCOMING));
+            crate::link(
+                &hop,
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            );
             let inner = hop.in_scope(|| {
                 let inner = tracing::info_span!("inner", trace_id = tracing::field::Empty);
                 continue_trace(&inner, None);
                 (trace_id(&inner).unwrap(), traceparent(&inner).unwrap())
             });
-            ((trace_id(&hop).unwrap(), traceparent(&hop).unwrap()), inner)
+            let elsewhere = tracing::info_span!("elsewhere", trace_id = tracing::field::Empty);
+            continue_trace(&elsewhere, Some("not a traceparent"));
+            (
+                (trace_id(&hop).unwrap(), traceparent(&hop).unwrap()),
+                inner,
+                trace_id(&elsewhere).unwrap(),
+            )
         });
         assert_eq!(hop.0, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(inner.0, hop.0, "the inner span is in the hop's trace");
         let hop_parts: Vec<&str> = hop.1.split('-').collect();
         let inner_parts: Vec<&str> = inner.1.split('-').collect();
+        assert_eq!(hop_parts.len(), 4);
         assert_eq!(hop_parts[1], hop.0);
         assert_eq!(inner_parts[1], hop.0);
+        assert_eq!(hop_parts[2].len(), 16);
         assert_ne!(hop_parts[2], "00f067aa0ba902b7", "the hop's own span id");
         assert_ne!(inner_parts[2], hop_parts[2], "the inner span's own span id");
         assert_eq!(hop_parts[3], "00", "not sampled: nothing was recorded");
+        assert_eq!(elsewhere.len(), 32);
+        assert_ne!(elsewhere, hop.0, "a trace of its own");
+        assert!(exporter.get_finished_spans().unwrap().is_empty());
+    }
+
+    /// Export on: the same hop, through the OpenTelemetry layer, is recorded in the incoming
+    /// trace and hands on a sampled context.
+    #[test]
+    fn with_export_spans_are_recorded_in_the_incoming_trace() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = subscriber(LogFormat::Text, &provider, true);
+        let handed_on = tracing::subscriber::with_default(subscriber, || {
+            let hop = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+            continue_trace(&hop, Some(INCOMING));
+            traceparent(&hop).unwrap()
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            spans[0].span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            handed_on,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                spans[0].span_context.span_id()
+            )
+        );
     }
 }

@@ -14,9 +14,7 @@
 //! else: a trace id (its parent's, or the incoming one) and a span id of its own, handed on as
 //! not sampled (flags `00`), since nothing was recorded.
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tracing::Span;
 use tracing::span::{Attributes, Id};
@@ -25,43 +23,59 @@ use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The header (and carrier key) of the W3C trace context.
+/// The header (and `metadata` field) of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The one header the propagator reads or writes here: a carrier of `traceparent` alone (no
-/// `tracestate` is carried), so that a hop does not build a map for it.
-#[derive(Default)]
-struct Carrier<'a> {
-    read: &'a str,
-    written: Option<String>,
-}
-
-impl Extractor for Carrier<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        key.eq_ignore_ascii_case(TRACEPARENT).then_some(self.read)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT]
-    }
-}
-
-impl Injector for Carrier<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if key.eq_ignore_ascii_case(TRACEPARENT) {
-            self.written = Some(value);
+/// The span a `traceparent` names, when it is a valid one
+/// (<https://www.w3.org/TR/trace-context/#traceparent-header>): a two-digit version other than
+/// `ff`, a trace id of 32 lowercase hex digits and a parent id of 16, neither all zeros, and
+/// two digits of flags, dash-separated; version `00` has nothing after the flags, a later
+/// version may (after a dash). Surrounding whitespace is ignored. Only the sampled flag is kept.
+fn parse(traceparent: &str) -> Option<SpanContext> {
+    /// `len` lowercase hex digits (at most 32).
+    fn hex(digits: &str, len: usize) -> Option<u128> {
+        if digits.len() != len {
+            return None;
         }
+        digits.bytes().try_fold(0_u128, |value, digit| {
+            let digit = match digit {
+                b'0'..=b'9' => digit - b'0',
+                b'a'..=b'f' => digit - b'a' + 10,
+                _ => return None,
+            };
+            Some(value << 4 | u128::from(digit))
+        })
     }
+    let value = traceparent.trim();
+    let (version, rest) = value.split_once('-')?;
+    let version = hex(version, 2)?;
+    let (trace_id, rest) = rest.split_once('-')?;
+    let (span_id, rest) = rest.split_once('-')?;
+    let (flags, more) = rest.split_at_checked(2)?;
+    let valid_end = if version == 0 {
+        more.is_empty()
+    } else {
+        more.is_empty() || more.starts_with('-')
+    };
+    let flags = u8::try_from(hex(flags, 2)?).ok()?;
+    let trace_id = hex(trace_id, 32).filter(|id| *id != 0)?;
+    let span_id = u64::try_from(hex(span_id, 16)?)
+        .ok()
+        .filter(|id| *id != 0)?;
+    (version != 0xff && valid_end).then(|| {
+        SpanContext::new(
+            TraceId::from(trace_id),
+            SpanId::from(span_id),
+            TraceFlags::new(flags) & TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        )
+    })
 }
 
-/// The context a `traceparent` names, when it is a valid one.
-fn extract(traceparent: &str) -> Option<opentelemetry::Context> {
-    let carrier = Carrier {
-        read: traceparent.trim(),
-        written: None,
-    };
-    let context = TraceContextPropagator::new().extract(&carrier);
-    context.span().span_context().is_valid().then_some(context)
+/// The `traceparent` of a span context.
+fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+    format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8())
 }
 
 /// A span's trace context when nothing is exported, kept by [`ContextLayer`].
@@ -115,16 +129,17 @@ fn with_ids<T>(span: &Span, change: impl FnOnce(&mut Ids) -> T) -> Option<T> {
 /// not parse is ignored: the span stays in its own trace), and records the span's trace id in
 /// its `trace_id` field.
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
-    let incoming = traceparent.and_then(extract);
+    let incoming = traceparent.and_then(parse);
     let kept = with_ids(span, |ids| {
         if let Some(parent) = &incoming {
-            ids.trace_id = parent.span().span_context().trace_id();
+            ids.trace_id = parent.trace_id();
         }
         ids.trace_id
     });
     let trace_id = kept.or_else(|| {
         if let Some(parent) = incoming
-            && let Err(error) = span.set_parent(parent)
+            && let Err(error) =
+                span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
         {
             tracing::debug!(%error, "cannot continue the incoming trace");
         }
@@ -143,8 +158,8 @@ pub fn link(span: &Span, traceparent: &str) {
     if with_ids(span, |_| ()).is_some() {
         return;
     }
-    if let Some(linked) = extract(traceparent) {
-        span.add_link(linked.span().span_context().clone());
+    if let Some(linked) = parse(traceparent) {
+        span.add_link(linked);
     }
 }
 
@@ -163,15 +178,21 @@ pub fn trace_id(span: &Span) -> Option<String> {
 /// The `traceparent` that names `span`, to hand on to the next hop, when it is traced.
 pub fn traceparent(span: &Span) -> Option<String> {
     if let Some(ids) = with_ids(span, |ids| *ids) {
-        return Some(format!("00-{}-{}-00", ids.trace_id, ids.span_id));
+        return Some(format_traceparent(
+            ids.trace_id,
+            ids.span_id,
+            TraceFlags::NOT_SAMPLED,
+        ));
     }
     let context = span.context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = Carrier::default();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.written
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        format_traceparent(
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags(),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -246,5 +267,40 @@ mod tests {
         continue_trace(&span, Some(INCOMING));
         assert_eq!(traceparent(&span), None);
         assert_eq!(trace_id(&span), None);
+    }
+
+    #[test]
+    fn traceparents_parse_as_the_w3c_says() {
+        let parsed = parse(&format!(" {INCOMING}\t")).unwrap();
+        assert_eq!(
+            parsed.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(parsed.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(parsed.is_sampled() && parsed.is_remote());
+        let not_sampled = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!not_sampled.unwrap().is_sampled());
+        let later_version = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-comes";
+        assert!(
+            parse(later_version).unwrap().is_sampled(),
+            "unknown flags dropped"
+        );
+        for bad in [
+            "",
+            "00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?} parsed");
+        }
     }
 }

@@ -5,8 +5,8 @@
 //!   subscription's delivery) opens a named `tracing` span, continues the trace a
 //!   `traceparent` string names ([`continue_trace`]) and hands its own on ([`traceparent`]),
 //!   through the item, the stream record and the event's `metadata.traceparent`.
-//! - [`subscriber`]: the `tracing` subscriber a binary installs: log lines (text or JSON)
-//!   filtered by `RUST_LOG`, and the layer that gives every hop span its trace: OpenTelemetry's
+//! - [`subscriber`]: the `tracing` subscriber a binary installs: log lines ([`lines`], text or
+//!   JSON) filtered by `RUST_LOG`, and the layer that gives every hop span its trace: OpenTelemetry's
 //!   when spans are exported, else [`context::ContextLayer`], which keeps the ids alone.
 //! - [`export`]: the tracer provider: OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //!   set, nothing exported otherwise.
@@ -18,6 +18,7 @@
 
 pub mod context;
 pub mod export;
+pub mod lines;
 pub mod subscriber;
 
 pub use context::{continue_trace, link, trace_id, traceparent};

@@ -1,10 +1,10 @@
 //! The `tracing` subscriber every binary installs.
 //!
 //! Two layers, each with its own filter:
-//! - log lines on stderr, as text or JSON ([`LogFormat`]), for the events `RUST_LOG` enables
-//!   (`info` when it is not set). Every span at `info` or above is open to them whatever
-//!   `RUST_LOG` says, so a line logged inside a hop carries the hop's `trace_id` and
-//!   `event_id` fields even when the hop's own level is filtered out.
+//! - log lines on stderr, as text or JSON ([`LogFormat`], [`crate::lines`]), for the events
+//!   `RUST_LOG` enables (`info` when it is not set). Every span at `info` or above is open to
+//!   them whatever `RUST_LOG` says, so a line logged inside a hop carries the hop's
+//!   `trace_id`, `event_id` and `consumer` even when the hop's own level is filtered out.
 //! - OpenTelemetry, for every span at `info` or above (and no events): trace context must not
 //!   depend on how much is logged. The provider decides what leaves the process.
 //!
@@ -23,6 +23,7 @@ use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 
 use crate::context::ContextLayer;
+use crate::lines::Lines;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,17 +68,7 @@ pub fn subscriber(
 ) -> impl tracing::Subscriber + Send + Sync + 'static {
     let env = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = cfg!(feature = "ansi") && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let lines = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(colour);
-    let lines = match format {
-        LogFormat::Text => lines.boxed(),
-        LogFormat::Json => lines
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
-    };
+    let lines = Lines::new(format, colour);
     let otel = exporting.then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(SCOPE))

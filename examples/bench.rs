@@ -896,27 +896,27 @@ async fn lambda() {
     }
 }
 
-/// One mutation's hop through the api, as its spans see it: the request continues the client's
+/// One mutation's hop through the api, as its hops see it: the request continues the client's
 /// trace, the store write is made inside it and hands its `traceparent` on (into the item),
-/// and each is entered a few times, as an async span is on each poll.
-fn hop() -> Option<String> {
+/// and each is entered a few times, as an async hop is on each poll.
+fn hop() -> String {
     const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let request = tracing::info_span!("graphql.request", trace_id = tracing::field::Empty);
-    telemetry::continue_trace(&request, Some(INCOMING));
+    let request = telemetry::Hop::start(
+        tracing::info_span!("graphql.request", operation = "addBook"),
+        Some(INCOMING),
+    );
     for _ in 0..3 {
         let _polled = request.enter();
     }
     let _in_request = request.enter();
-    let write = tracing::info_span!(
-        "store.write",
-        trace_id = tracing::field::Empty,
-        event_id = "0123456789abcdef0123456789abcdef"
+    let write = telemetry::Hop::start(
+        tracing::info_span!("store.write", operation = "add", book = "Dune"),
+        None,
     );
-    telemetry::continue_trace(&write, None);
     for _ in 0..3 {
         let _polled = write.enter();
     }
-    telemetry::traceparent(&write)
+    write.traceparent()
 }
 
 /// ns per hop (two spans) over `rounds` hops on this thread, under `dispatch` (`None`: no

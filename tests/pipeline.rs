@@ -169,8 +169,8 @@ async fn the_stream_hands_over_lambda_records_of_each_committed_change_in_order(
         [("INSERT", "Dune"), ("INSERT", "Emma"), ("REMOVE", "Dune")]
     );
     let image = serde_json::json!({"name": {"S": "Dune"}, "authors": {"L": [{"S": "An Author"}]}, "publishedYear": {"N": "2001"}});
-    // Beside the book, the item carries the write's commit time (and its traceparent when
-    // the write is traced; nothing traces it here).
+    // Beside the book, the item carries the write's commit time and its traceparent: a trace
+    // of its own (no client sent one), not sampled (nothing records it here).
     let book_of = |image: &serde_json::Value| {
         let mut image = image.as_object().unwrap().clone();
         let committed_at: i64 = image.remove("committedAt").unwrap()["N"]
@@ -179,7 +179,14 @@ async fn the_stream_hands_over_lambda_records_of_each_committed_change_in_order(
             .parse()
             .unwrap();
         assert!((chrono::Utc::now().timestamp_millis() - committed_at).abs() < 60_000);
-        assert!(!image.contains_key("traceparent"));
+        let traceparent = image.remove("traceparent").unwrap()["S"].clone();
+        let traceparent = traceparent.as_str().unwrap();
+        assert!(
+            traceparent.len() == 55
+                && traceparent.starts_with("00-")
+                && traceparent.ends_with("-00"),
+            "{traceparent}"
+        );
         serde_json::Value::Object(image)
     };
     assert_eq!(book_of(&records[0]["dynamodb"]["NewImage"]), image);

@@ -10,7 +10,7 @@ use aws_smithy_async::future::pagination_stream::PaginationStream;
 use domain::item;
 use domain::{Book, BookName};
 use futures_util::future::try_join_all;
-use tracing::Instrument as _;
+use telemetry::InHop as _;
 
 use crate::sdk::error_text;
 use crate::store::{ActivityFeed, ActivityItem, BookStore, Page, StoreError};
@@ -72,7 +72,7 @@ impl DynamoBookStore {
 #[async_trait]
 impl BookStore for DynamoBookStore {
     async fn add(&self, book: &Book) -> Result<(), StoreError> {
-        let (span, trace) = crate::spans::store_write("add", &book.name);
+        let (hop, trace) = crate::spans::store_write("add", &book.name);
         let result = self
             .client
             .put_item()
@@ -81,7 +81,7 @@ impl BookStore for DynamoBookStore {
             .condition_expression("attribute_not_exists(#name)")
             .expression_attribute_names("#name", item::KEY_ATTRIBUTE)
             .send()
-            .instrument(span)
+            .in_hop(hop)
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -101,7 +101,7 @@ impl BookStore for DynamoBookStore {
     /// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.html>);
     /// the span is still the write's.
     async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
-        let (span, _) = crate::spans::store_write("remove", name);
+        let (hop, _) = crate::spans::store_write("remove", name);
         let result = self
             .client
             .delete_item()
@@ -111,7 +111,7 @@ impl BookStore for DynamoBookStore {
             .expression_attribute_names("#name", item::KEY_ATTRIBUTE)
             .return_values(ReturnValue::AllOld)
             .send()
-            .instrument(span)
+            .in_hop(hop)
             .await;
         match result {
             Ok(output) => book_from(output.attributes.unwrap_or_default()),

@@ -1,4 +1,4 @@
-//! The API's hop spans: `graphql.request`, `store.write`, `subscription.deliver` and (the
+//! The API's hops: `graphql.request`, `store.write`, `subscription.deliver` and (the
 //! notifier's) `subscription.fanout`.
 //!
 //! Each operation a request runs continues the trace its client sent, or starts one. A
@@ -16,7 +16,7 @@ use async_graphql::Response;
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use domain::BookName;
 use domain::item::ChangeTrace;
-use tracing::Instrument as _;
+use telemetry::{Hop, InHop as _};
 
 /// Request or connection data: the `traceparent` a client sent. One that does not parse is
 /// ignored (the request starts its own trace).
@@ -51,53 +51,38 @@ impl Extension for RequestTracing {
         let span = tracing::info_span!(
             "graphql.request",
             operation = operation_name.unwrap_or_default(),
-            trace_id = tracing::field::Empty,
         );
         let incoming = ctx
             .data_opt::<IncomingTrace>()
             .map(|trace| trace.0.as_str());
-        telemetry::continue_trace(&span, incoming);
-        next.run(ctx, operation_name).instrument(span).await
+        next.run(ctx, operation_name)
+            .in_hop(Hop::start(span, incoming))
+            .await
     }
 }
 
-/// The `store.write` span of a write (`operation`: `add` or `remove`) of the book `name`, and
-/// the trace to store with the change: the span's `traceparent` and the time now, as the write
-/// is issued. Run the write inside the span.
-pub fn store_write(operation: &'static str, name: &BookName) -> (tracing::Span, ChangeTrace) {
-    let span = tracing::info_span!(
-        "store.write",
-        operation,
-        book = %name,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_trace(&span, None);
-    let trace = ChangeTrace::now(telemetry::traceparent(&span));
-    (span, trace)
+/// The `store.write` hop of a write (`operation`: `add` or `remove`) of the book `name`, and
+/// the trace to store with the change: the hop's `traceparent` and the time now, as the write
+/// is issued. Run the write in the hop.
+pub fn store_write(operation: &'static str, name: &BookName) -> (Hop, ChangeTrace) {
+    let span = tracing::info_span!("store.write", operation, book = %name);
+    let hop = Hop::start(span, None);
+    let trace = ChangeTrace::now(Some(hop.traceparent()));
+    (hop, trace)
 }
 
-/// The `subscription.deliver` span of `event`, continuing the event's trace (from the
+/// The `subscription.deliver` hop of `event`, continuing the event's trace (from the
 /// processor's publish): it marks the hand-over of the event to one subscription (the local
 /// hub's, or the notifier's run of a subscription on AWS).
-pub fn subscription_deliver(event: &crate::BookEvent) -> tracing::Span {
-    let span = tracing::info_span!(
-        "subscription.deliver",
-        event_id = %event.event_id,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_trace(&span, event.traceparent.as_deref());
-    span
+pub fn subscription_deliver(event: &crate::BookEvent) -> Hop {
+    let span = tracing::info_span!("subscription.deliver", event_id = %event.event_id);
+    Hop::start(span, event.traceparent.as_deref()).with_event_id(&event.event_id)
 }
 
-/// The `subscription.fanout` span of the notifier's work for `event` on AWS (reading the
+/// The `subscription.fanout` hop of the notifier's work for `event` on AWS (reading the
 /// subscriptions, running them, posting), continuing the event's trace; each subscription's
 /// hand-over is a `subscription.deliver` inside it.
-pub fn subscription_fanout(event: &crate::BookEvent) -> tracing::Span {
-    let span = tracing::info_span!(
-        "subscription.fanout",
-        event_id = %event.event_id,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_trace(&span, event.traceparent.as_deref());
-    span
+pub fn subscription_fanout(event: &crate::BookEvent) -> Hop {
+    let span = tracing::info_span!("subscription.fanout", event_id = %event.event_id);
+    Hop::start(span, event.traceparent.as_deref()).with_event_id(&event.event_id)
 }

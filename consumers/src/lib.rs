@@ -33,7 +33,7 @@ use chrono::Utc;
 use domain::event::{DetailType, Envelope, SOURCE};
 use domain::{ActivityEntry, BookName};
 use serde_json::Value;
-use tracing::Instrument as _;
+use telemetry::{Hop, InHop as _};
 
 pub use store::{ActivityStore, ActivityStoreError, Recorded, Recording};
 
@@ -89,8 +89,8 @@ pub struct Handling {
     recording: Recording,
     /// When the change was committed, if the event says.
     committed_at: Option<chrono::DateTime<Utc>>,
-    /// The `consumer.handle` span, open until the store has answered.
-    span: tracing::Span,
+    /// The `consumer.handle` hop, open until the store has answered.
+    hop: Hop,
 }
 
 impl std::fmt::Debug for Handling {
@@ -106,9 +106,9 @@ impl Handling {
     /// Waits for the activity store's answer: whether this event had its effect now, or had it
     /// already.
     pub async fn finish(self) -> Result<Recorded, ConsumerError> {
-        let recorded = self.recording.instrument(self.span.clone()).await?;
-        // The span names the consumer, the event and its trace.
-        let _in_span = self.span.enter();
+        let recorded = self.recording.in_hop(self.hop.clone()).await?;
+        // The hop names the consumer, the event and its trace.
+        let _in_hop = self.hop.enter();
         match recorded {
             Recorded::New => {
                 if let Some(committed_at) = self.committed_at {
@@ -151,10 +151,11 @@ impl Consumer {
             "consumer.handle",
             consumer = self.name,
             event_id = %envelope.metadata.event_id,
-            trace_id = tracing::field::Empty,
         );
-        telemetry::continue_trace(&span, envelope.metadata.traceparent.as_deref());
-        let _in_span = span.enter();
+        let hop = Hop::start(span, envelope.metadata.traceparent.as_deref())
+            .with_event_id(&envelope.metadata.event_id)
+            .with_consumer(self.name);
+        let _in_hop = hop.enter();
         let committed_at = envelope.metadata.committed_at;
         let entry = ActivityEntry {
             event_id: envelope.metadata.event_id,
@@ -170,7 +171,7 @@ impl Consumer {
             book: entry.book.name,
             recording,
             committed_at,
-            span: span.clone(),
+            hop: hop.clone(),
         })
     }
 

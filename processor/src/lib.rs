@@ -33,7 +33,7 @@ pub mod sqs;
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use tracing::Instrument as _;
+use telemetry::{Hop, InHop as _};
 
 #[cfg(feature = "aws")]
 pub use dynamo_journal::DynamoJournal;
@@ -86,7 +86,7 @@ pub async fn handle_batch(
     let (indexes, outbox): (Vec<usize>, Vec<OutboxEvent>) = events.into_iter().unzip();
     let batch = spans::batch(records.len(), &outbox);
     publish_batch(&records, indexes, outbox, unmapped, publisher, poison)
-        .instrument(batch)
+        .in_hop(batch)
         .await
 }
 
@@ -100,7 +100,7 @@ async fn publish_batch(
     publisher: &dyn EventPublisher,
     poison: &dyn PoisonRecords,
 ) -> DynamoDbEventResponse {
-    let publishing: Vec<tracing::Span> = outbox.iter_mut().map(spans::publish).collect();
+    let publishing: Vec<Hop> = outbox.iter_mut().map(spans::publish).collect();
     let published = match publisher.publish(&outbox).await {
         Ok(()) => outbox.len(),
         Err(error) => {
@@ -115,10 +115,10 @@ async fn publish_batch(
             first
         }
     };
-    for (event, span) in outbox[..published].iter().zip(&publishing) {
+    for (event, hop) in outbox[..published].iter().zip(&publishing) {
         metrics::published(event.detail_type);
-        // The span names the event (event_id, detail_type) and its trace.
-        span.in_scope(|| tracing::info!("event published"));
+        // The hop names the event and its trace.
+        hop.in_scope(|| tracing::info!(detail_type = %event.detail_type, "event published"));
     }
     drop(publishing);
     let mut first_failed = indexes.get(published).copied();

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde_json::Value;
+use telemetry::{Hop, InHop as _};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::{Delivery, DeliveryError, LocalBus, Route};
 use crate::embedded::bus_queue::{self, Queued};
@@ -235,15 +235,11 @@ fn deliver_one(route: &Route, event: &str) -> Result<Delivery, DeliveryError> {
     // The local EventBridge's own part of the trace: beside the target's span (a consumer
     // continues the event's `traceparent` itself, as it does on AWS, where EventBridge adds no
     // span of its own).
-    let span = tracing::info_span!(
-        "bus.deliver",
-        target_name = %route.name,
-        %event_id,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_trace(&span, event.detail["metadata"]["traceparent"].as_str());
-    let delivery = span.in_scope(|| route.target.deliver(event))?;
-    Ok(Box::pin(delivery.instrument(span)))
+    let span = tracing::info_span!("bus.deliver", target_name = %route.name, %event_id);
+    let hop =
+        Hop::start(span, event.detail["metadata"]["traceparent"].as_str()).with_event_id(&event_id);
+    let delivery = hop.in_scope(|| route.target.deliver(event))?;
+    Ok(Box::pin(delivery.in_hop(hop)))
 }
 
 /// Where a delivery task is in its queue. Delivered entries are taken off the queue in a write

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use domain::item::{self, ChangeTrace};
 use domain::{Book, BookName};
 use rusqlite::{Connection, OptionalExtension, params};
-use tracing::Instrument as _;
+use telemetry::InHop as _;
 
 use super::{Db, DbError, stream};
 
@@ -91,7 +91,7 @@ fn into_result<T>(outcome: Result<Outcome<T>, DbError>) -> Result<T, StoreError>
 #[async_trait]
 impl BookStore for EmbeddedBookStore {
     async fn add(&self, book: &Book) -> Result<(), StoreError> {
-        let (span, trace) = api::spans::store_write("add", &book.name);
+        let (hop, trace) = api::spans::store_write("add", &book.name);
         let book = book.clone();
         let json = item_json(&book, &trace).map_err(StoreError::unavailable)?;
         let outcome = self
@@ -108,7 +108,7 @@ impl BookStore for EmbeddedBookStore {
                 append_record(conn, "INSERT", &book.name, Some(&json), None)?;
                 Ok(Outcome::Done(()))
             })
-            .instrument(span)
+            .in_hop(hop)
             .await;
         self.written();
         into_result(outcome)
@@ -116,7 +116,7 @@ impl BookStore for EmbeddedBookStore {
 
     /// The `REMOVE` record carries no trace, as on DynamoDB (a deleted item has no new image).
     async fn remove(&self, name: &BookName) -> Result<Book, StoreError> {
-        let (span, _) = api::spans::store_write("remove", name);
+        let (hop, _) = api::spans::store_write("remove", name);
         let name = name.clone();
         let outcome = self
             .db
@@ -132,7 +132,7 @@ impl BookStore for EmbeddedBookStore {
                 append_record(conn, "REMOVE", &name, None, Some(&old))?;
                 Ok(Outcome::Done(book))
             })
-            .instrument(span)
+            .in_hop(hop)
             .await;
         self.written();
         into_result(outcome)

@@ -1,27 +1,30 @@
-//! W3C trace context (<https://www.w3.org/TR/trace-context/>) for `tracing` spans.
+//! W3C trace context (<https://www.w3.org/TR/trace-context/>) across the asynchronous hop.
 //!
-//! A hop's span declares the fields `trace_id` (and, where it has one, `event_id`) as
-//! `tracing::field::Empty`; [`continue_trace`] makes the span a child of the context the
-//! incoming `traceparent` names (or leaves it in its own trace when none arrives) and records
-//! its trace id in `trace_id`, so every log line inside the span carries it. [`traceparent`]
-//! is what the hop hands on. Order matters: a span's parent can only be set before the span is
-//! entered or anything reads its context (`tracing-opentelemetry` starts the span then), so
-//! call [`continue_trace`] first, before entering it or calling [`traceparent`], [`trace_id`]
-//! or [`link`].
+//! Each hop (the GraphQL request, the store write, the stream batch, the processor's publish,
+//! a consumer's handling, a subscription's delivery) is a [`Hop`]: made from the hop's named
+//! `tracing` span and the `traceparent` that arrived with its work ([`Hop::start`]), it
+//! continues that trace (or the hop it is made in, or starts one) and hands its own
+//! [`Hop::traceparent`] on. Run the hop's work inside it ([`Hop::in_scope`], [`Hop::enter`],
+//! [`InHop::in_hop`]): the log lines logged there carry its `trace_id`, `event_id` and
+//! `consumer` ([`crate::lines`]).
 //!
-//! A span's context comes from one of two layers. When spans are exported, the OpenTelemetry
-//! layer's; when nothing is exported, [`ContextLayer`]'s, which keeps a span's ids and nothing
-//! else: a trace id (its parent's, or the incoming one) and a span id of its own, handed on as
-//! not sampled (flags `00`), since nothing was recorded.
+//! When spans are exported, the hop's span is the OpenTelemetry span: the OpenTelemetry layer
+//! records it, in the incoming trace. When nothing is exported no layer takes the span, so
+//! `tracing` never makes it (its callsite is disabled), and the hop is its ids alone: the
+//! trace id (the incoming one, or the enclosing hop's, or a new one) and a span id of its own,
+//! handed on as not sampled (flags `00`), since nothing was recorded. What a hop then costs is
+//! a parse, two random ids and a thread-local swap on each poll (BENCHMARKS.md, "Telemetry").
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tracing::Span;
-use tracing::span::{Attributes, Id};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Registry;
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::LookupSpan;
 
 /// The header (and `metadata` field) of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -75,124 +78,207 @@ fn parse(traceparent: &str) -> Option<SpanContext> {
 
 /// The `traceparent` of a span context.
 fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-    format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8())
+    fn push_hex(out: &mut String, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in bytes {
+            out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        }
+    }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &trace_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &span_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &[flags.to_u8()]);
+    out
 }
 
-/// A span's trace context when nothing is exported, kept by [`ContextLayer`].
-#[derive(Debug, Clone, Copy)]
-struct Ids {
-    trace_id: TraceId,
+/// What a hop is in the trace, and what the log lines logged in it carry.
+#[derive(Debug, Clone)]
+pub(crate) struct HopContext {
+    pub(crate) trace_id: TraceId,
     span_id: SpanId,
+    flags: TraceFlags,
+    pub(crate) event_id: Option<Arc<str>>,
+    pub(crate) consumer: Option<&'static str>,
 }
 
-/// The layer that gives each span its trace context when nothing is exported, in place of the
-/// OpenTelemetry layer, at a fraction of its cost (BENCHMARKS.md, "Telemetry"): a span made
-/// inside another is in its trace (else in a new one), and has a span id of its own; nothing
-/// about it is recorded.
-#[derive(Debug, Default)]
-pub struct ContextLayer {
-    ids: RandomIdGenerator,
+thread_local! {
+    /// The hop whose work this thread is running.
+    static CURRENT: RefCell<Option<Arc<HopContext>>> = const { RefCell::new(None) };
 }
 
-impl<S> Layer<S> for ContextLayer
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, _attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else {
-            return;
+/// `body` with the hop this thread is running, if any.
+pub(crate) fn with_current<T>(body: impl FnOnce(Option<&HopContext>) -> T) -> T {
+    CURRENT.with(|current| body(current.borrow().as_deref()))
+}
+
+/// Makes `hop` this thread's current hop until the guard is dropped.
+fn make_current(hop: &Arc<HopContext>) -> Restore {
+    Restore(CURRENT.with(|current| current.replace(Some(Arc::clone(hop)))))
+}
+
+/// Puts the hop that was current back.
+#[derive(Debug)]
+struct Restore(Option<Arc<HopContext>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|current| *current.borrow_mut() = previous);
+    }
+}
+
+/// One hop of a trace: its span and its place in the trace (see the module docs). Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    span: Span,
+    context: Arc<HopContext>,
+}
+
+impl Hop {
+    /// The hop of `span`, continuing the trace `incoming` names when it names one (one that
+    /// does not parse is ignored), else the trace of the hop this thread is running, else a
+    /// new trace. Make the span here, not entered: its parent is set now.
+    pub fn start(span: Span, incoming: Option<&str>) -> Self {
+        let incoming = incoming.and_then(parse);
+        let outer = with_current(|outer| outer.cloned());
+        let ids = RandomIdGenerator::default();
+        let (trace_id, span_id, flags) = if span.is_disabled() {
+            let trace_id = incoming
+                .as_ref()
+                .map(SpanContext::trace_id)
+                .or(outer.as_ref().map(|outer| outer.trace_id))
+                .unwrap_or_else(|| ids.new_trace_id());
+            (trace_id, ids.new_span_id(), TraceFlags::NOT_SAMPLED)
+        } else {
+            if let Some(parent) = incoming
+                && let Err(error) =
+                    span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+            {
+                tracing::debug!(%error, "cannot continue the incoming trace");
+            }
+            let context = span.context();
+            let own = context.span().span_context().clone();
+            if own.is_valid() {
+                (own.trace_id(), own.span_id(), own.trace_flags())
+            } else {
+                // A span no layer traces (a subscriber without the OpenTelemetry layer).
+                (
+                    ids.new_trace_id(),
+                    ids.new_span_id(),
+                    TraceFlags::NOT_SAMPLED,
+                )
+            }
         };
-        let trace_id = span
-            .parent()
-            .and_then(|parent| parent.extensions().get::<Ids>().map(|ids| ids.trace_id))
-            .unwrap_or_else(|| self.ids.new_trace_id());
-        span.extensions_mut().insert(Ids {
+        let inherited = outer.filter(|outer| outer.trace_id == trace_id);
+        let context = HopContext {
             trace_id,
-            span_id: self.ids.new_span_id(),
-        });
-    }
-}
-
-/// `change` applied to the ids [`ContextLayer`] keeps for `span`; `None` when it keeps none
-/// (the OpenTelemetry layer traces the span, or nothing does).
-fn with_ids<T>(span: &Span, change: impl FnOnce(&mut Ids) -> T) -> Option<T> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<Registry>()?;
-        let data = registry.span(id)?;
-        let mut extensions = data.extensions_mut();
-        extensions.get_mut::<Ids>().map(change)
-    })
-    .flatten()
-}
-
-/// Makes `span` continue the trace `traceparent` names, when it names one (one that does
-/// not parse is ignored: the span stays in its own trace), and records the span's trace id in
-/// its `trace_id` field.
-pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
-    let incoming = traceparent.and_then(parse);
-    let kept = with_ids(span, |ids| {
-        if let Some(parent) = &incoming {
-            ids.trace_id = parent.trace_id();
+            span_id,
+            flags,
+            event_id: inherited.as_ref().and_then(|outer| outer.event_id.clone()),
+            consumer: inherited.and_then(|outer| outer.consumer),
+        };
+        Self {
+            span,
+            context: Arc::new(context),
         }
-        ids.trace_id
-    });
-    let trace_id = kept.or_else(|| {
-        if let Some(parent) = incoming
-            && let Err(error) =
-                span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
+    }
+
+    /// The hop, naming the event it is about in its log lines.
+    pub fn with_event_id(mut self, event_id: impl std::fmt::Display) -> Self {
+        Arc::make_mut(&mut self.context).event_id = Some(event_id.to_string().into());
+        self
+    }
+
+    /// The hop, naming the consumer it runs in its log lines.
+    pub fn with_consumer(mut self, consumer: &'static str) -> Self {
+        Arc::make_mut(&mut self.context).consumer = Some(consumer);
+        self
+    }
+
+    /// Links the hop to the span `traceparent` names (one it does not continue: another record
+    /// of the same batch), when it names one and the hop's span is exported.
+    pub fn link(&self, traceparent: &str) {
+        if !self.span.is_disabled()
+            && let Some(linked) = parse(traceparent)
         {
-            tracing::debug!(%error, "cannot continue the incoming trace");
+            self.span.add_link(linked);
         }
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        span_context.is_valid().then(|| span_context.trace_id())
-    });
-    if let Some(trace_id) = trace_id {
-        span.record("trace_id", tracing::field::display(trace_id));
+    }
+
+    /// The hop's trace id, as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> String {
+        self.context.trace_id.to_string()
+    }
+
+    /// The `traceparent` that names this hop, to hand on to the next.
+    pub fn traceparent(&self) -> String {
+        let context = &self.context;
+        format_traceparent(context.trace_id, context.span_id, context.flags)
+    }
+
+    /// The hop's span (disabled when nothing is exported).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Runs `body` in the hop.
+    pub fn in_scope<T>(&self, body: impl FnOnce() -> T) -> T {
+        let _entered = self.enter();
+        body()
+    }
+
+    /// Enters the hop on this thread until the guard is dropped. Not across an `.await`: use
+    /// [`InHop::in_hop`] there.
+    pub fn enter(&self) -> Entered<'_> {
+        Entered {
+            _restore: make_current(&self.context),
+            _span: self.span.enter(),
+        }
     }
 }
 
-/// Links `span` to the span `traceparent` names (one it does not continue: another record of
-/// the same batch), when it names one and spans are exported.
-pub fn link(span: &Span, traceparent: &str) {
-    if with_ids(span, |_| ()).is_some() {
-        return;
-    }
-    if let Some(linked) = parse(traceparent) {
-        span.add_link(linked);
+/// The guard of an entered [`Hop`].
+#[derive(Debug)]
+#[must_use = "the hop is left when the guard is dropped"]
+pub struct Entered<'a> {
+    // Dropped in this order: the span is exited, then the previous hop made current again.
+    _span: tracing::span::Entered<'a>,
+    _restore: Restore,
+}
+
+/// Runs a future in a [`Hop`]: the hop is entered on each poll.
+pub trait InHop: Future + Sized {
+    /// The future, running in `hop`.
+    fn in_hop(self, hop: Hop) -> HopFuture<Self> {
+        HopFuture { inner: self, hop }
     }
 }
 
-/// The trace id of `span` (32 lowercase hex digits), when it is traced.
-pub fn trace_id(span: &Span) -> Option<String> {
-    if let Some(trace_id) = with_ids(span, |ids| ids.trace_id) {
-        return Some(trace_id.to_string());
+impl<F: Future> InHop for F {}
+
+pin_project_lite::pin_project! {
+    /// A future running in a [`Hop`] ([`InHop::in_hop`]).
+    #[derive(Debug)]
+    pub struct HopFuture<F> {
+        #[pin]
+        inner: F,
+        hop: Hop,
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
 }
 
-/// The `traceparent` that names `span`, to hand on to the next hop, when it is traced.
-pub fn traceparent(span: &Span) -> Option<String> {
-    if let Some(ids) = with_ids(span, |ids| *ids) {
-        return Some(format_traceparent(
-            ids.trace_id,
-            ids.span_id,
-            TraceFlags::NOT_SAMPLED,
-        ));
+impl<F: Future> Future for HopFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.hop.enter();
+        this.inner.poll(cx)
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
-        format_traceparent(
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags(),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -221,37 +307,40 @@ mod tests {
     }
 
     #[test]
-    fn a_span_continues_the_incoming_trace_and_hands_on_its_own_span() {
-        let (handed_on, spans) = traced(|| {
-            let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
-            continue_trace(&span, Some(INCOMING));
-            assert_eq!(
-                trace_id(&span).as_deref(),
-                Some("4bf92f3577b34da6a3ce929d0e0e4736")
-            );
-            traceparent(&span).unwrap()
+    fn an_exported_hop_continues_the_incoming_trace_and_hands_on_its_own_span() {
+        let ((handed_on, inner_parent), spans) = traced(|| {
+            let hop = Hop::start(tracing::info_span!("hop"), Some(INCOMING));
+            assert!(!hop.span().is_disabled());
+            assert_eq!(hop.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            let inner = hop.in_scope(|| Hop::start(tracing::info_span!("inner"), None));
+            (hop.traceparent(), inner.traceparent())
         });
         let parts: Vec<&str> = handed_on.split('-').collect();
         assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(parts[2], "00f067aa0ba902b7", "the hop's own span id");
-        assert_eq!(spans.len(), 1);
-        assert_eq!(spans[0].name, "hop");
+        assert_eq!(parts[3], "01", "sampled: the hop was recorded");
+        assert_eq!(spans.len(), 2);
+        let hop = spans.iter().find(|span| span.name == "hop").unwrap();
         assert_eq!(
-            spans[0].parent_span_id.to_string(),
+            hop.parent_span_id.to_string(),
             "00f067aa0ba902b7",
             "a child of the incoming span"
         );
-        assert_eq!(spans[0].span_context.span_id().to_string(), parts[2]);
+        assert_eq!(hop.span_context.span_id().to_string(), parts[2]);
+        let inner = spans.iter().find(|span| span.name == "inner").unwrap();
+        assert_eq!(
+            inner.parent_span_id.to_string(),
+            parts[2],
+            "a child of the hop"
+        );
+        assert!(inner_parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
     }
 
     #[test]
-    fn without_or_with_a_bad_traceparent_a_span_starts_its_own_trace() {
+    fn without_or_with_a_bad_traceparent_a_hop_starts_its_own_trace() {
         let (ids, spans) = traced(|| {
-            [None, Some("00-zz-00f067aa0ba902b7-01"), Some("garbage")].map(|incoming| {
-                let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
-                continue_trace(&span, incoming);
-                trace_id(&span).unwrap()
-            })
+            [None, Some("00-zz-00f067aa0ba902b7-01"), Some("garbage")]
+                .map(|incoming| Hop::start(tracing::info_span!("hop"), incoming).trace_id())
         });
         assert_eq!(spans.len(), 3);
         assert!(
@@ -261,12 +350,72 @@ mod tests {
         assert_ne!(ids[0], ids[1]);
     }
 
+    /// Without a layer that takes the span (export off, or no subscriber), the hop is its ids:
+    /// it continues the incoming trace or the hop it is made in, has a span id of its own,
+    /// and hands on "not sampled"; a hop made outside any starts a trace of its own.
     #[test]
-    fn without_the_layer_nothing_is_handed_on() {
-        let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
-        continue_trace(&span, Some(INCOMING));
-        assert_eq!(traceparent(&span), None);
-        assert_eq!(trace_id(&span), None);
+    fn an_unrecorded_hop_still_carries_the_trace() {
+        let hop = Hop::start(tracing::info_span!("hop"), Some(INCOMING));
+        assert!(hop.span().is_disabled());
+        assert_eq!(hop.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let inner = hop.in_scope(|| Hop::start(tracing::info_span!("inner"), None));
+        let hop_parts: Vec<String> = hop.traceparent().split('-').map(str::to_owned).collect();
+        let inner_parts: Vec<String> = inner.traceparent().split('-').map(str::to_owned).collect();
+        assert_eq!(hop_parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            inner_parts[1], hop_parts[1],
+            "the inner hop is in the hop's trace"
+        );
+        assert_eq!(hop_parts[2].len(), 16);
+        assert_ne!(hop_parts[2], "00f067aa0ba902b7", "the hop's own span id");
+        assert_ne!(inner_parts[2], hop_parts[2], "the inner hop's own span id");
+        assert_eq!(hop_parts[3], "00", "not sampled: nothing was recorded");
+        let elsewhere = Hop::start(tracing::info_span!("elsewhere"), Some("not a traceparent"));
+        assert_ne!(elsewhere.trace_id(), hop.trace_id(), "a trace of its own");
+        assert_eq!(elsewhere.trace_id().len(), 32);
+    }
+
+    /// A future in a hop runs in it on every poll, and only while it is polled; a hop entered
+    /// inside another gives the outer one back when it is left.
+    #[test]
+    fn a_future_runs_in_its_hop_on_every_poll() {
+        let current = || with_current(|hop| hop.map(|hop| hop.span_id));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outer = Hop::start(tracing::Span::none(), Some(INCOMING));
+        let inner = Hop::start(tracing::Span::none(), None);
+        let (first, second) = runtime.block_on(
+            async {
+                let first = current();
+                tokio::task::yield_now().await;
+                (first, current())
+            }
+            .in_hop(inner.clone()),
+        );
+        assert_eq!(first, Some(inner.context.span_id));
+        assert_eq!(second, Some(inner.context.span_id));
+        assert_eq!(current(), None, "left after the poll");
+        outer.in_scope(|| {
+            inner.in_scope(|| assert_eq!(current(), Some(inner.context.span_id)));
+            assert_eq!(current(), Some(outer.context.span_id));
+        });
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn a_traceparent_is_formatted_as_it_is_parsed() {
+        let parsed = parse(INCOMING).unwrap();
+        assert_eq!(
+            format_traceparent(parsed.trace_id(), parsed.span_id(), parsed.trace_flags()),
+            INCOMING
+        );
+        let zero_led = "00-000000000000000000000000000000a1-000000000000000b-00";
+        let parsed = parse(zero_led).unwrap();
+        assert_eq!(
+            format_traceparent(parsed.trace_id(), parsed.span_id(), parsed.trace_flags()),
+            zero_led
+        );
     }
 
     #[test]

@@ -2,26 +2,25 @@
 //!
 //! - [`context`]: W3C trace context across the asynchronous hop. Each hop (the GraphQL request,
 //!   the store write, the stream batch, the processor's publish, a consumer's handling, a
-//!   subscription's delivery) opens a named `tracing` span, continues the trace a
-//!   `traceparent` string names ([`continue_trace`]) and hands its own on ([`traceparent`]),
-//!   through the item, the stream record and the event's `metadata.traceparent`.
+//!   subscription's delivery) is a [`Hop`]: it continues the trace a `traceparent` string
+//!   names and hands its own on ([`Hop::traceparent`]), through the item, the stream record
+//!   and the event's `metadata.traceparent`.
 //! - [`subscriber`]: the `tracing` subscriber a binary installs: log lines ([`lines`], text or
-//!   JSON) filtered by `RUST_LOG`, and the layer that gives every hop span its trace: OpenTelemetry's
-//!   when spans are exported, else [`context::ContextLayer`], which keeps the ids alone.
+//!   JSON) filtered by `RUST_LOG`, carrying the hop they are logged in, and OpenTelemetry's
+//!   layer when spans are exported.
 //! - [`export`]: the tracer provider: OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //!   set, nothing exported otherwise.
 //! - [`Telemetry`]: all of it for one process, set up once at start; in a Lambda (with the
 //!   `emf` feature) also the `metrics` recorder that writes CloudWatch's embedded metric format.
 //!
-//! Without either layer (a library's unit tests) the helpers do nothing: no trace
-//! id is recorded and no `traceparent` is handed on.
+//! Without a subscriber (a library's unit tests) a hop still has its ids and hands them on.
 
 pub mod context;
 pub mod export;
 pub mod lines;
 pub mod subscriber;
 
-pub use context::{continue_trace, link, trace_id, traceparent};
+pub use context::{Hop, InHop};
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use subscriber::LogFormat;

@@ -1,12 +1,11 @@
 //! Log lines: one line on stderr for each event the layer's filter lets through, as text or
 //! JSON, carrying the hop it was logged in.
 //!
-//! A hop's span declares a `trace_id` field (see [`crate::context`]). Of the hop spans an
-//! event is logged in, a line keeps three fields: `trace_id`, `event_id` and `consumer`, each
-//! from the nearest hop that has it. No other span field is kept or formatted, and no span
-//! but a hop's keeps anything: `tracing-subscriber`'s `fmt` layer
-//! formats every field of every span as the span is made, whether a line is logged inside it
-//! or not, which cost about a sixth of a mutation's instructions (BENCHMARKS.md, "Telemetry").
+//! A line logged in a [`crate::Hop`] (on the thread running the hop's work) ends with the
+//! hop's `trace_id`, and its `event_id` and `consumer` where it has them. Spans play no part:
+//! the layer takes no span, and formats no span field (`tracing-subscriber`'s `fmt` layer
+//! formats every field of every span as the span is made, whether a line is logged in it or
+//! not; BENCHMARKS.md, "Telemetry").
 //!
 //! - Text: `2026-12-07T10:00:00.123456Z  INFO target: message key=value trace_id=…`, the level
 //!   coloured when the layer is told to colour.
@@ -22,64 +21,25 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::LookupSpan;
 
+use crate::context::{HopContext, with_current};
 use crate::subscriber::LogFormat;
 
-/// The span fields a line carries, in the order it writes them.
-const KEPT: [&str; 3] = ["trace_id", "event_id", "consumer"];
-
-/// What a hop's span (or a span inside one) says about the lines logged in it: the values of
-/// [`KEPT`] it has, formatted once.
-#[derive(Debug, Default, Clone)]
-struct Hop([Option<String>; KEPT.len()]);
-
-impl Hop {
-    fn slot(&mut self, field: &Field) -> Option<&mut Option<String>> {
-        let index = KEPT.iter().position(|name| *name == field.name())?;
-        Some(&mut self.0[index])
+/// The fields of the hop an event is logged in, in the order a line writes them.
+fn hop_fields(hop: Option<&HopContext>) -> Vec<(&'static str, String)> {
+    let Some(hop) = hop else {
+        return Vec::new();
+    };
+    let mut fields = vec![("trace_id", hop.trace_id.to_string())];
+    if let Some(event_id) = &hop.event_id {
+        fields.push(("event_id", event_id.to_string()));
     }
-
-    /// Fills the fields this one lacks from `outer`'s.
-    fn fill_from(&mut self, outer: &Hop) {
-        for (mine, theirs) in self.0.iter_mut().zip(&outer.0) {
-            if mine.is_none() {
-                mine.clone_from(theirs);
-            }
-        }
+    if let Some(consumer) = hop.consumer {
+        fields.push(("consumer", consumer.to_owned()));
     }
-
-    fn is_full(&self) -> bool {
-        self.0.iter().all(Option::is_some)
-    }
-
-    fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        KEPT.iter()
-            .zip(&self.0)
-            .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
-    }
-}
-
-impl Visit for Hop {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if let Some(slot) = self.slot(field) {
-            *slot = Some(value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if let Some(slot) = self.slot(field) {
-            *slot = Some(format!("{value:?}"));
-        }
-    }
-}
-
-/// Whether a span is a hop's, and keeps a [`Hop`]: it declares a `trace_id` field.
-fn keeps(attributes: &Attributes<'_>) -> bool {
-    attributes.metadata().fields().field(KEPT[0]).is_some()
+    fields
 }
 
 /// Where lines go: stderr, or (tests) a buffer.
@@ -92,7 +52,7 @@ enum Sink {
 }
 
 /// The layer that writes log lines (see the module docs). Give it a filter: it writes a line
-/// for every event it is given, and needs the hop spans the events are logged in.
+/// for every event it is given.
 #[derive(Debug, Clone)]
 pub struct Lines {
     format: LogFormat,
@@ -125,7 +85,7 @@ impl Lines {
         }
     }
 
-    fn text(&self, event: &Event<'_>, hop: &Hop) -> String {
+    fn text(&self, event: &Event<'_>, hop: &[(&str, String)]) -> String {
         let metadata = event.metadata();
         let mut line = String::with_capacity(160);
         line.push_str(&timestamp());
@@ -138,14 +98,14 @@ impl Lines {
         }
         let _ = write!(line, " {}:", metadata.target());
         event.record(&mut TextFields(&mut line));
-        for (name, value) in hop.fields() {
+        for (name, value) in hop {
             let _ = write!(line, " {name}={value}");
         }
         line.push('\n');
         line
     }
 
-    fn json(event: &Event<'_>, hop: &Hop) -> String {
+    fn json(event: &Event<'_>, hop: &[(&str, String)]) -> String {
         let metadata = event.metadata();
         let mut fields = JsonFields(Map::new());
         event.record(&mut fields);
@@ -155,8 +115,8 @@ impl Lines {
         line.insert("fields".into(), Value::Object(fields.0));
         line.insert("target".into(), Value::String(metadata.target().to_owned()));
         let span: Map<String, Value> = hop
-            .fields()
-            .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), Value::String(value.clone())))
             .collect();
         if !span.is_empty() {
             line.insert("span".into(), Value::Object(span));
@@ -226,42 +186,9 @@ impl Visit for JsonFields {
     }
 }
 
-impl<S> Layer<S> for Lines
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if !keeps(attributes) {
-            return;
-        }
-        let Some(span) = ctx.span(id) else {
-            return;
-        };
-        let mut hop = Hop::default();
-        attributes.record(&mut hop);
-        span.extensions_mut().insert(hop);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(hop) = span.extensions_mut().get_mut::<Hop>()
-        {
-            values.record(hop);
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut hop = Hop::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope {
-                if let Some(outer) = span.extensions().get::<Hop>() {
-                    hop.fill_from(outer);
-                }
-                if hop.is_full() {
-                    break;
-                }
-            }
-        }
+impl<S: Subscriber> Layer<S> for Lines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let hop = with_current(hop_fields);
         let line = match self.format {
             LogFormat::Text => self.text(event, &hop),
             LogFormat::Json => Self::json(event, &hop),
@@ -291,31 +218,15 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
-    /// A line inside a hop nested in another takes each kept field from the nearest span that
-    /// has it, and none of the others' fields; a line outside any hop has none.
+    /// A line in a consumer's hop, inside the bus's (a hop made inside another, in the same
+    /// trace, takes what it lacks from it); a line outside any hop.
     fn log_in_hops() {
-        let outer = tracing::info_span!(
-            "bus.deliver",
-            event_id = "e-1",
-            target_name = "book-added",
-            trace_id = tracing::field::Empty
-        );
-        outer.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
+        const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let outer = crate::Hop::start(tracing::Span::none(), Some(INCOMING)).with_event_id("e-1");
         outer.in_scope(|| {
-            let inner = tracing::info_span!(
-                "consumer.handle",
-                consumer = "book-added",
-                book = "Dune",
-                trace_id = tracing::field::Empty
-            );
-            inner.record(
-                "trace_id",
-                tracing::field::display("0af7651916cd43dd8448eb211c80319c"),
-            );
-            inner.in_scope(|| {
-                let plain = tracing::info_span!("plain", consumer = "not a hop's");
-                plain.in_scope(|| tracing::warn!(attempt = 2, name = "Dune", "activity recorded"));
-            });
+            let inner = crate::Hop::start(tracing::Span::none(), None).with_consumer("book-added");
+            let _in = inner.enter();
+            tracing::warn!(attempt = 2, name = "Dune", "activity recorded");
         });
         tracing::info!("outside");
     }

@@ -1,18 +1,15 @@
 //! The `tracing` subscriber every binary installs.
 //!
-//! Two layers, each with its own filter:
-//! - log lines on stderr, as text or JSON ([`LogFormat`], [`crate::lines`]), for the events
-//!   `RUST_LOG` enables (`info` when it is not set). Every span at `info` or above is open to
-//!   them whatever `RUST_LOG` says, so a line logged inside a hop carries the hop's
-//!   `trace_id`, `event_id` and `consumer` even when the hop's own level is filtered out.
-//! - OpenTelemetry, for every span at `info` or above (and no events): trace context must not
-//!   depend on how much is logged. The provider decides what leaves the process.
+//! - Log lines on stderr, as text or JSON ([`LogFormat`], [`crate::lines`]), for the events
+//!   `RUST_LOG` enables (`info` when it is not set). A line logged in a [`crate::Hop`] carries
+//!   the hop's `trace_id`, `event_id` and `consumer`, whatever `RUST_LOG` says of the hop's span.
+//! - When spans are exported, the OpenTelemetry layer, for every span at `info` or above (and no
+//!   events): the provider decides what leaves the process. It does not activate the
+//!   OpenTelemetry context on entering a span: nothing in the workspace reads it, and a span's
+//!   parent is the `tracing` span it is made in.
 //!
-//! When nothing is exported, [`crate::context::ContextLayer`] takes the OpenTelemetry layer's
-//! place: a span costs its ids and its place in the trace, and nothing is recorded. When
-//! spans are exported, the OpenTelemetry layer does not activate the OpenTelemetry context on
-//! entering a span: nothing in the workspace reads it, and a span's parent is the `tracing`
-//! span it is made in.
+//! When nothing is exported, no layer takes a span, so `tracing` makes none: a hop is its ids
+//! alone (see [`crate::context`]).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -22,7 +19,6 @@ use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::{SubscriberInitExt as _, TryInitError};
 
-use crate::context::ContextLayer;
 use crate::lines::Lines;
 
 /// How log lines are written.
@@ -38,7 +34,7 @@ pub enum LogFormat {
 /// The instrumentation scope of the spans this workspace makes.
 const SCOPE: &str = "outboxdemo";
 
-/// Whether the OpenTelemetry layer (and the log lines' span context) takes a span or event.
+/// Whether the OpenTelemetry layer takes a span or event.
 fn traced_span(metadata: &Metadata<'_>) -> bool {
     metadata.is_span() && *metadata.level() <= Level::INFO
 }
@@ -60,26 +56,26 @@ pub fn install(
 }
 
 /// The process's subscriber (see the module docs): tracing through `provider` when
-/// `exporting` (it sends spans somewhere), else keeping each span's trace context alone.
+/// `exporting` (it sends spans somewhere), else making no span.
 pub fn subscriber(
     format: LogFormat,
     provider: &SdkTracerProvider,
     exporting: bool,
 ) -> impl tracing::Subscriber + Send + Sync + 'static {
-    let env = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = cfg!(feature = "ansi") && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let lines = Lines::new(format, colour);
-    let otel = exporting.then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(SCOPE))
-            .with_context_activation(false)
-            .with_filter(filter_fn(traced_span))
-    });
-    let context = (!exporting).then(|| ContextLayer::default().with_filter(filter_fn(traced_span)));
+    // Always there, taking nothing when not exporting: in place of no layer, which would
+    // take every span (an absent layer lets everything through), so spans would be made.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(SCOPE))
+        .with_context_activation(false)
+        .with_filter(filter_fn(move |metadata| {
+            exporting && traced_span(metadata)
+        }));
     tracing_subscriber::registry()
-        .with(lines.with_filter(env().or(filter_fn(traced_span))))
+        .with(lines.with_filter(filter_fn(|metadata| metadata.is_event()).and(env)))
         .with(otel)
-        .with(context)
 }
 
 #[cfg(test)]
@@ -87,69 +83,40 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::{continue_trace, trace_id, traceparent};
+    use crate::Hop;
 
     const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// Export off records nothing, and still carries the trace: a hop continues the incoming
-    /// trace, a span made inside it is in the same trace, and each hands on its own span id;
-    /// a span made outside any starts a trace of its own.
+    /// Export off: no layer takes a hop's span, so `tracing` makes none and nothing is
+    /// recorded, and the hop still continues the incoming trace.
     #[test]
-    fn without_export_spans_carry_the_trace_and_record_nothing() {
+    fn without_export_no_span_is_made_and_hops_carry_the_trace() {
         let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
         let subscriber = subscriber(LogFormat::Text, &provider, false);
-        let (hop, inner, elsewhere) = tracing::subscriber::with_default(subscriber, || {
-            let hop = tracing::info_span!("hop", trace_id = tracing::field::Empty);
-            continue_trace(&hop, Some(INCOMING));
-            crate::link(
-                &hop,
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            );
-            let inner = hop.in_scope(|| {
-                let inner = tracing::info_span!("inner", trace_id = tracing::field::Empty);
-                continue_trace(&inner, None);
-                (trace_id(&inner).unwrap(), traceparent(&inner).unwrap())
-            });
-            let elsewhere = tracing::info_span!("elsewhere", trace_id = tracing::field::Empty);
-            continue_trace(&elsewhere, Some("not a traceparent"));
-            (
-                (trace_id(&hop).unwrap(), traceparent(&hop).unwrap()),
-                inner,
-                trace_id(&elsewhere).unwrap(),
-            )
+        let handed_on = tracing::subscriber::with_default(subscriber, || {
+            let hop = Hop::start(tracing::info_span!("hop"), Some(INCOMING));
+            assert!(hop.span().is_disabled(), "no span is made");
+            hop.traceparent()
         });
-        assert_eq!(hop.0, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(inner.0, hop.0, "the inner span is in the hop's trace");
-        let hop_parts: Vec<&str> = hop.1.split('-').collect();
-        let inner_parts: Vec<&str> = inner.1.split('-').collect();
-        assert_eq!(hop_parts.len(), 4);
-        assert_eq!(hop_parts[1], hop.0);
-        assert_eq!(inner_parts[1], hop.0);
-        assert_eq!(hop_parts[2].len(), 16);
-        assert_ne!(hop_parts[2], "00f067aa0ba902b7", "the hop's own span id");
-        assert_ne!(inner_parts[2], hop_parts[2], "the inner span's own span id");
-        assert_eq!(hop_parts[3], "00", "not sampled: nothing was recorded");
-        assert_eq!(elsewhere.len(), 32);
-        assert_ne!(elsewhere, hop.0, "a trace of its own");
+        assert!(handed_on.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(handed_on.ends_with("-00"), "{handed_on}");
         assert!(exporter.get_finished_spans().unwrap().is_empty());
     }
 
     /// Export on: the same hop, through the OpenTelemetry layer, is recorded in the incoming
     /// trace and hands on a sampled context.
     #[test]
-    fn with_export_spans_are_recorded_in_the_incoming_trace() {
+    fn with_export_hops_are_recorded_in_the_incoming_trace() {
         let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
         let subscriber = subscriber(LogFormat::Text, &provider, true);
         let handed_on = tracing::subscriber::with_default(subscriber, || {
-            let hop = tracing::info_span!("hop", trace_id = tracing::field::Empty);
-            continue_trace(&hop, Some(INCOMING));
-            traceparent(&hop).unwrap()
+            Hop::start(tracing::info_span!("hop"), Some(INCOMING)).traceparent()
         });
         let spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 1);

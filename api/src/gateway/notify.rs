@@ -27,7 +27,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
-use tracing::Instrument as _;
+use telemetry::InHop as _;
 
 use super::{
     CarriedResults, ConnectionSender, ConnectionStore, Delivery, DeliveryBatch, DeliveryQueue,
@@ -290,8 +290,8 @@ impl Notifier<'_> {
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
         let book_event = BookEvent::from_eventbridge(event)
             .map_err(|e| GatewayError::MalformedEvent(e.to_string()))?;
-        let span = crate::spans::subscription_fanout(&book_event);
-        self.notify_event(raw, book_event).instrument(span).await
+        let hop = crate::spans::subscription_fanout(&book_event);
+        self.notify_event(raw, book_event).in_hop(hop).await
     }
 
     /// [`notify`](Self::notify), once the event is read.

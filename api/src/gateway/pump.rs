@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
-use tracing::Instrument as _;
+use telemetry::InHop as _;
 
 use super::{
     ConnectionSender, ConnectionStore, DeliveryQueue, FanoutMessage, GatewayError, Journal,
@@ -208,18 +208,18 @@ impl Pump<'_> {
             for event in page.events {
                 let position = event.position();
                 // The hand-over continues the event's trace, as the live fan-out's does.
-                let span = crate::spans::subscription_deliver(&event);
+                let hop = crate::spans::subscription_deliver(&event);
                 let hub = EventHub::resumed(vec![event]);
                 let responses: Vec<_> = self
                     .schema
                     .execute_stream(subscription.request().data(hub))
                     .collect()
-                    .instrument(span.clone())
+                    .in_hop(hop.clone())
                     .await;
                 for response in responses {
                     let payload = serde_json::to_value(response).unwrap_or_default();
                     let next = json!({"type": "next", "id": key.id, "payload": payload});
-                    match self.post(key, &next).instrument(span.clone()).await {
+                    match self.post(key, &next).in_hop(hop.clone()).await {
                         Ok(()) => pumped.sent += 1,
                         Err(GatewayError::Gone) => {
                             self.connections.close(&key.connection_id).await?;

@@ -1,5 +1,11 @@
 //! What the handler tests share: a publisher that records what it is offered, and a poison
 //! queue that keeps what is set aside.
+//!
+//! Every event the processor publishes carries the `traceparent` of its `processor.publish`
+//! hop (a new span id, so not the record's): the publisher checks that it is there and
+//! records the events without it, to compare them with what the records map to
+//! ([`untraced`]). That the hop continues the record's trace is `telemetry`'s test, and the
+//! end-to-end tracing tests'.
 
 use std::sync::Mutex;
 
@@ -18,7 +24,15 @@ pub struct RecordingPublisher {
 #[async_trait]
 impl EventPublisher for RecordingPublisher {
     async fn publish(&self, events: &[OutboxEvent]) -> Result<(), PublishError> {
-        self.offered.lock().unwrap().extend_from_slice(events);
+        for event in events {
+            let traceparent = event.envelope.metadata.traceparent.as_deref();
+            assert!(
+                traceparent.is_some_and(|t| t.len() == 55 && t.starts_with("00-")),
+                "published without the hop's traceparent: {traceparent:?}"
+            );
+        }
+        let events = untraced(events.to_vec());
+        self.offered.lock().unwrap().extend_from_slice(&events);
         let accepted = self.fail_from.unwrap_or(usize::MAX).min(events.len());
         self.published
             .lock()
@@ -32,6 +46,14 @@ impl EventPublisher for RecordingPublisher {
         }
         Ok(())
     }
+}
+
+/// `events` without their `traceparent`.
+pub fn untraced(mut events: Vec<OutboxEvent>) -> Vec<OutboxEvent> {
+    for event in &mut events {
+        event.envelope.metadata.traceparent = None;
+    }
+    events
 }
 
 impl RecordingPublisher {

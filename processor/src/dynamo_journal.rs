@@ -1,6 +1,6 @@
 //! [`DynamoJournal`]: the [`Journal`] on a DynamoDB table (layout: [`domain::journal`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -221,11 +221,27 @@ impl Journal for DynamoJournal {
             .iter()
             .map(|e| e.envelope.metadata.event_id.as_str())
             .collect();
-        let mut positions = self.journaled(&ids).await?;
+        // An event offered twice in one call is journaled once. DynamoDB refuses a
+        // BatchGetItem that names a key twice and a transaction that touches an item twice
+        // (ValidationException:
+        // <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html>,
+        // <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html>),
+        // and a batch refused that way would be refused on every retry.
+        let mut seen = HashSet::new();
+        let unique: Vec<&OutboxEvent> = events
+            .iter()
+            .filter(|e| seen.insert(e.envelope.metadata.event_id.as_str()))
+            .collect();
+        let unique_ids: Vec<&str> = unique
+            .iter()
+            .map(|e| e.envelope.metadata.event_id.as_str())
+            .collect();
+        let mut positions = self.journaled(&unique_ids).await?;
         let mut attempt = 0;
         loop {
-            let new: Vec<&OutboxEvent> = events
+            let new: Vec<&OutboxEvent> = unique
                 .iter()
+                .copied()
                 .filter(|e| !positions.contains_key(&e.envelope.metadata.event_id))
                 .take(EVENTS_PER_TRANSACTION)
                 .collect();

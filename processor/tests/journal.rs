@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use domain::journal::{self, cursor};
@@ -94,6 +94,29 @@ async fn events_take_dense_positions_in_order_and_keep_them_when_offered_again()
         };
         assert_eq!(event_id, &expected);
     }
+}
+
+/// A batch that holds one event twice (a stream record handed over twice) journals it once,
+/// at one position: DynamoDB refuses a lookup or a transaction that names an item twice, and
+/// would refuse the batch on every retry.
+#[tokio::test]
+async fn an_event_offered_twice_in_one_batch_is_journaled_once() {
+    let endpoint = testing::emulator!();
+    let (journal, client, table) = journal(&endpoint).await;
+
+    let batch = [event("x"), event("y"), event("x"), event("z")];
+    let positions = journal.append(&batch).await.unwrap();
+    assert_eq!(positions, vec![1, 2, 1, 3]);
+
+    let entries = entries(&client, &table).await;
+    let journaled: BTreeMap<i64, String> = entries
+        .into_iter()
+        .map(|(position, (event_id, _))| (position, event_id))
+        .collect();
+    assert_eq!(
+        journaled,
+        BTreeMap::from([(1, "x".into()), (2, "y".into()), (3, "z".into())])
+    );
 }
 
 /// The processors of several stream shards share the head, batch after batch: positions stay

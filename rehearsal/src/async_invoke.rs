@@ -414,6 +414,15 @@ impl AsyncInvoker {
         self.shared.progress.borrow().in_flight
     }
 
+    /// What the invoker has in hand, for a diagnosis: events in flight, empty receives.
+    pub fn describe(&self) -> String {
+        let progress = *self.shared.progress.borrow();
+        format!(
+            "{} in flight, {} empty receives",
+            progress.in_flight, progress.empty_polls
+        )
+    }
+
     /// Waits until the invoker is quiescent: nothing in flight, and a receive that started
     /// after this call found the queue empty. Everything in the queue before the call has then
     /// met its fate.

@@ -115,7 +115,8 @@ struct Pool {
     spec: FunctionSpec,
     slots: Semaphore,
     idle: Mutex<Vec<Environment>>,
-    busy: Mutex<HashMap<u64, Option<u32>>>,
+    /// The invocations running: their process and when they started.
+    busy: Mutex<HashMap<u64, (Option<u32>, Instant)>>,
     next_id: Mutex<u64>,
 }
 
@@ -186,7 +187,7 @@ impl Function {
             *next += 1;
             *next
         };
-        lock(&pool.busy).insert(id, environment.pid());
+        lock(&pool.busy).insert(id, (environment.pid(), Instant::now()));
         let outcome = environment.run(payload, pool.spec.timeout).await;
         lock(&pool.busy).remove(&id);
         if environment.alive() {
@@ -198,8 +199,24 @@ impl Function {
     /// SIGKILLs the process of one environment that is running an invocation (a fault the
     /// rehearsal injects); true when there was one.
     pub fn kill_busy(&self) -> bool {
-        let pid = lock(&self.inner.busy).values().flatten().copied().next();
+        let pid = lock(&self.inner.busy).values().find_map(|(pid, _)| *pid);
         pid.is_some_and(kill)
+    }
+
+    /// What the function is doing, for a diagnosis: the invocations running (process and
+    /// age), idle environments, free concurrency.
+    pub fn describe(&self) -> String {
+        let running: Vec<String> = lock(&self.inner.busy)
+            .values()
+            .map(|(pid, started)| format!("pid {pid:?} for {:?}", started.elapsed()))
+            .collect();
+        format!(
+            "running [{}], {} idle, {} of {} free",
+            running.join(", "),
+            lock(&self.inner.idle).len(),
+            self.inner.slots.available_permits(),
+            self.inner.spec.concurrency.max(1),
+        )
     }
 
     /// Stops every idle environment (those running an invocation stop when it ends).

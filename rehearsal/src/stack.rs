@@ -340,17 +340,42 @@ impl Rehearsal {
     }
 
     /// Waits until the stream mapping has handed over everything written so far and no
-    /// asynchronous invocation is in flight.
+    /// asynchronous invocation is in flight. Fails after `timeout`, saying what each part
+    /// still had in hand: the stream mapping's shards, each rule's invoker, and the
+    /// invocations each function is running.
     pub async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
-        tokio::time::timeout(timeout, async {
+        let settled = tokio::time::timeout(timeout, async {
             self.stream_mapping.wait_until_idle(timeout).await?;
             for (_, invoker) in &self.invokers {
                 invoker.wait_idle().await;
             }
             anyhow::Ok(())
         })
-        .await
-        .context("the rehearsal did not settle")?
+        .await;
+        match settled {
+            Ok(result) => result.context("the rehearsal did not settle"),
+            Err(_) => bail!(
+                "the rehearsal did not settle in {timeout:?}:\n{}",
+                self.in_hand()
+            ),
+        }
+    }
+
+    /// What each part of the rehearsal has in hand now, one part a line.
+    pub fn in_hand(&self) -> String {
+        let mut lines = vec![format!(
+            "stream mapping: {:?}",
+            self.stream_mapping.progress()
+        )];
+        for (rule, invoker) in &self.invokers {
+            lines.push(format!("invoker {rule}: {}", invoker.describe()));
+        }
+        let mut functions: Vec<_> = self.functions.iter().collect();
+        functions.sort_by_key(|(id, _)| id.as_str());
+        for (id, function) in functions {
+            lines.push(format!("function {id}: {}", function.describe()));
+        }
+        lines.join("\n")
     }
 
     /// Stops every emulation, every function and the emulator it started.

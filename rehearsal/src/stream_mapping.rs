@@ -298,6 +298,8 @@ pub struct Progress {
     pub discarded_batches: u64,
     /// Records discarded so far.
     pub discarded_records: u64,
+    /// Records the emulator handed over a second time, skipped ([`RecentIds`]).
+    pub reread_records: u64,
     /// The last error reading the stream or sending to the destination, if any.
     pub last_error: Option<String>,
 }
@@ -678,6 +680,39 @@ struct ShardReader {
     batches: VecDeque<Batch>,
     /// When the current batching window began.
     window_start: Instant,
+    /// The event ids of the records read lately, to hand each record over once.
+    read_ids: RecentIds,
+}
+
+/// The event ids of the last [`RecentIds::KEEP`] records read. "Each stream record appears
+/// exactly once in the stream"
+/// (<https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Streams.html>), and Lambda
+/// hands it over once per invocation. moto numbers a shard's records with the count before
+/// the write, without a lock, so two concurrent writes can get one sequence number, and an
+/// iterator after that number reads the second of them again: that second reading is skipped.
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl RecentIds {
+    const KEEP: usize = 10_000;
+
+    /// Whether `id` is new; remembers it.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == Self::KEEP
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        self.order.push_back(id.to_owned());
+        self.ids.insert(id.to_owned());
+        true
+    }
 }
 
 impl ShardReader {
@@ -691,6 +726,7 @@ impl ShardReader {
             buffer: VecDeque::new(),
             batches: VecDeque::new(),
             window_start: Instant::now(),
+            read_ids: RecentIds::default(),
         }
     }
 
@@ -749,7 +785,7 @@ impl ShardReader {
         }
     }
 
-    /// One GetRecords call; returns how many records it read.
+    /// One GetRecords call; returns how many records it read for the first time.
     async fn read(&mut self, first: &ShardIteratorType) -> anyhow::Result<usize> {
         let streams = &self.shared.streams;
         let iterator = match self.iterator.take() {
@@ -784,7 +820,7 @@ impl ShardReader {
             .await
             .context("GetRecords")?;
         let stream_arn = &self.shared.settings.stream_arn;
-        let count = output.records().len();
+        let mut count = 0;
         for record in output.records() {
             let Some(data) = record.dynamodb() else {
                 continue;
@@ -792,10 +828,19 @@ impl ShardReader {
             let Some(sequence_number) = data.sequence_number() else {
                 continue;
             };
+            if record
+                .event_id()
+                .is_some_and(|id| !self.read_ids.first_time(id))
+            {
+                tracing::debug!(sequence_number, "a stream record read again is skipped");
+                self.shared.update(|p| p.reread_records += 1);
+                continue;
+            }
             let arrival = data
                 .approximate_creation_date_time()
                 .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
                 .unwrap_or_else(Utc::now);
+            count += 1;
             let json = lambda_record(record, stream_arn);
             self.buffer.push_back(Pending {
                 sequence_number: sequence_number.to_owned(),
@@ -1092,6 +1137,19 @@ fn failure_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_id_is_new_once_among_the_last_ten_thousand() {
+        let mut ids = RecentIds::default();
+        assert!(ids.first_time("a"));
+        assert!(!ids.first_time("a"), "read again");
+        for i in 0..RecentIds::KEEP {
+            assert!(ids.first_time(&i.to_string()));
+        }
+        assert_eq!(ids.order.len(), RecentIds::KEEP, "bounded");
+        assert!(ids.first_time("a"), "forgotten after KEEP others");
+        assert!(!ids.first_time(&(RecentIds::KEEP - 1).to_string()));
+    }
 
     fn pending(sequence_number: &str) -> Pending {
         Pending {

@@ -298,7 +298,7 @@ pub struct Progress {
     pub discarded_batches: u64,
     /// Records discarded so far.
     pub discarded_records: u64,
-    /// Records the emulator handed over a second time, skipped ([`RecentIds`]).
+    /// Records the emulator handed over a second time, skipped: each record is handed over once.
     pub reread_records: u64,
     /// The last error reading the stream or sending to the destination, if any.
     pub last_error: Option<String>,

@@ -466,7 +466,7 @@ async fn under_faults_every_healthy_change_has_its_effects_once_and_the_poison_i
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "rehearsal fault test: {} changes, {} effects once each, 0 lost, 0 duplicated, 0 reordered on the bus ({reordered} at consumers, whose asynchronous invocation AWS does not order); the poison set aside whole in ProcessorPoisonQueue ({} times), 0 batches discarded, 0 shards stuck; injected: {refused} PutEvents entries refused, {throttled} calls throttled, {failed_writes} consumer writes failed, {} processes killed ({kills:?}); {} stream records moto handed over twice skipped; settled {settled_in:.1?} after the writers",
+        "rehearsal fault test: {} changes, {} effects once each, 0 lost, 0 duplicated, 0 reordered on the bus ({reordered} at consumers, whose asynchronous invocation AWS does not order); the poison set aside whole in ProcessorPoisonQueue ({}x), 0 batches discarded, 0 shards stuck; injected: {refused} PutEvents entries refused, {throttled} calls throttled, {failed_writes} consumer writes failed, {} processes killed ({kills:?}); {} stream records moto handed over twice skipped; settled {settled_in:.1?} after the writers",
         records.len(),
         expected.len(),
         poison.len(),
